@@ -1,0 +1,92 @@
+// File: server/server.h
+//
+// The kvsketch gRPC server as a library: main.cc parses flags into
+// ServerOptions and calls Start; tests start it on port 0 in-process.
+//
+//   ServerOptions opts;
+//   opts.listen_address = "127.0.0.1:0";
+//   opts.metrics_address = "";            // no HTTP exposer in a test
+//   auto server = Server::Start(opts);    // StatusOr<unique_ptr<Server>>
+//   auto channel = grpc::CreateChannel(
+//       absl::StrCat("127.0.0.1:", (*server)->grpc_port()),
+//       grpc::InsecureChannelCredentials());
+//   ...
+//   (*server)->Shutdown(absl::Seconds(5));  // drain, snapshot to data_dir
+#ifndef KVSKETCH_SERVER_SERVER_H_
+#define KVSKETCH_SERVER_SERVER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace grpc {
+class Channel;
+}
+
+namespace kvsketch::server {
+
+struct ServerOptions {
+  // --- Network ---
+  // gRPC listen address; port 0 picks a free port (see grpc_port()).
+  std::string listen_address = "127.0.0.1:50051";
+  // Prometheus /metrics HTTP address; "" disables the HTTP exposer (the
+  // registry still exists and ScrapeMetrics() works).
+  std::string metrics_address = "127.0.0.1:9464";
+  // Largest gRPC message accepted or sent.
+  int max_message_bytes = 64 << 20;
+
+  // --- Limits (over a limit: RESOURCE_EXHAUSTED with a message) ---
+  int max_sessions = 4096;
+  // Sum of state bytes over all sessions.
+  int64_t memory_budget_bytes = int64_t{8} << 30;
+  // Tokens per layer of one session (a session's own max_tokens may be lower).
+  int64_t max_tokens_per_session = int64_t{1} << 22;
+  // A session unused this long is deleted; zero disables.
+  absl::Duration session_idle_ttl = absl::Hours(24);
+
+  // --- Execution ---
+  // Worker threads computing attention; 0 -> hardware concurrency.
+  int worker_threads = 0;
+  // Tasks waiting for a worker beyond which new work is refused.
+  int max_queued_tasks = 4096;
+  // Decode steps of one stream read ahead while earlier ones compute.
+  int stream_pipeline_depth = 4;
+
+  // --- State ---
+  // Approximator spec for sessions that do not name one.
+  std::string default_spec = "exact";
+  // With a directory: sessions are snapshotted there on Shutdown and restored
+  // by Start. "" keeps everything in memory only.
+  std::string data_dir;
+};
+
+class Server {
+ public:
+  virtual ~Server() = default;
+
+  // Restores sessions from data_dir (if set), binds, starts serving.
+  // InvalidArgument for bad options, Unavailable if a port cannot be bound,
+  // DataLoss if a stored snapshot is corrupt (named in the message).
+  static absl::StatusOr<std::unique_ptr<Server>> Start(
+      const ServerOptions& options);
+
+  virtual int grpc_port() const = 0;
+  // 0 when metrics_address is "".
+  virtual int metrics_port() const = 0;
+  // The Prometheus text exposition of every metric, as /metrics serves it.
+  virtual std::string ScrapeMetrics() const = 0;
+
+  // Stops accepting calls, lets in-flight ones finish for up to `drain`,
+  // cancels the rest, then (with data_dir) snapshots every session.
+  // Idempotent.
+  virtual absl::Status Shutdown(absl::Duration drain) = 0;
+  // Blocks until Shutdown has completed.
+  virtual void Wait() = 0;
+};
+
+}  // namespace kvsketch::server
+
+#endif  // KVSKETCH_SERVER_SERVER_H_
