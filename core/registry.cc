@@ -11,10 +11,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/evict/evict.h"
 #include "core/exact/exact.h"
 #include "core/registry_internal.h"
+#include "core/sketch/sketch.h"
 #include "core/spec.h"
 #include "core/status_macros.h"
+#include "core/topk/topk.h"
 
 namespace kvsketch {
 namespace {
@@ -182,6 +185,9 @@ const std::vector<KindDef>& RegisteredKinds() {
   // The table. One line per kind, in the order --help lists them.
   static const std::vector<KindDef>* const kinds = new std::vector<KindDef>{
       ExactKindDef(),
+      SketchKindDef(),
+      TopkKindDef(),
+      EvictKindDef(),
   };
   return *kinds;
 }
