@@ -61,6 +61,9 @@ struct ServerOptions {
   // With a directory: sessions are snapshotted there on Shutdown and restored
   // by Start. "" keeps everything in memory only.
   std::string data_dir;
+  // A corrupt snapshot in data_dir fails Start with DataLoss naming the file;
+  // with this set it is moved to <data_dir>/corrupt/ instead and Start goes on.
+  bool skip_corrupt_snapshots = false;
 };
 
 class Server {

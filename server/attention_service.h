@@ -1,0 +1,111 @@
+// File: server/attention_service.h
+//
+// The kvsketch.v1.Attention service on gRPC's callback API. Reactions never
+// compute or wait on a session lock: each RPC's work runs on the WorkerPool
+// and the reactor is finished from there. Split by RPC shape:
+//   service_unary.cc    Create/Get/List/Delete, Attend, Prefill
+//   service_decode.cc   Decode (bidi, ordered, read-ahead pipeline)
+//   service_streams.cc  Append (client stream), Export/Import (snapshots)
+#ifndef KVSKETCH_SERVER_ATTENTION_SERVICE_H_
+#define KVSKETCH_SERVER_ATTENTION_SERVICE_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "kvsketch/v1/attention.grpc.pb.h"
+#include "server/metrics.h"
+#include "server/request_validation.h"
+#include "server/session_manager.h"
+#include "server/worker_pool.h"
+
+namespace kvsketch::server {
+
+struct ServiceOptions {
+  int stream_pipeline_depth = 4;
+  // Largest message the server sends: export chunks stay below it.
+  int max_message_bytes = 64 << 20;
+  // Largest snapshot ImportSession accumulates.
+  int64_t max_snapshot_bytes = int64_t{1} << 30;
+};
+
+class AttentionService final : public v1::Attention::CallbackService {
+ public:
+  // Every pointer must outlive the service.
+  AttentionService(const ServiceOptions& options, SessionManager* sessions,
+                   WorkerPool* pool, Metrics* metrics);
+
+  grpc::ServerUnaryReactor* CreateSession(
+      grpc::CallbackServerContext* ctx, const v1::CreateSessionRequest* req,
+      v1::CreateSessionResponse* resp) override;
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* ctx,
+                                       const v1::GetSessionRequest* req,
+                                       v1::GetSessionResponse* resp) override;
+  grpc::ServerUnaryReactor* ListSessions(
+      grpc::CallbackServerContext* ctx, const v1::ListSessionsRequest* req,
+      v1::ListSessionsResponse* resp) override;
+  grpc::ServerUnaryReactor* DeleteSession(
+      grpc::CallbackServerContext* ctx, const v1::DeleteSessionRequest* req,
+      v1::DeleteSessionResponse* resp) override;
+  grpc::ServerReadReactor<v1::AppendRequest>* Append(
+      grpc::CallbackServerContext* ctx, v1::AppendResponse* resp) override;
+  grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* ctx,
+                                   const v1::AttendRequest* req,
+                                   v1::AttendResponse* resp) override;
+  grpc::ServerBidiReactor<v1::DecodeRequest, v1::DecodeResponse>* Decode(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* ctx,
+                                    const v1::PrefillRequest* req,
+                                    v1::PrefillResponse* resp) override;
+  grpc::ServerWriteReactor<v1::SnapshotChunk>* ExportSession(
+      grpc::CallbackServerContext* ctx,
+      const v1::ExportSessionRequest* req) override;
+  grpc::ServerReadReactor<v1::ImportSessionRequest>* ImportSession(
+      grpc::CallbackServerContext* ctx,
+      v1::ImportSessionResponse* resp) override;
+
+  // --- Shared by the reactors (service_*.cc) ---
+  SessionManager* sessions() const { return sessions_; }
+  WorkerPool* pool() const { return pool_; }
+  Metrics* metrics() const { return metrics_; }
+  const ServiceOptions& options() const { return options_; }
+
+  // Runs a validated op on a session and encodes the output (F32,
+  // [num_query_heads, M, value_dim]) when it has queries.
+  absl::Status RunLayerOp(Session& session, const LayerOp& op,
+                          v1::Tensor* output, int64_t* num_tokens) const;
+
+  // Records the RPC in metrics: duration since start, error by code.
+  void RecordRpc(absl::string_view method, const absl::Status& status,
+                 absl::Time start) const;
+
+  // ResourceExhausted "server busy: ..." for a refused pool submission.
+  absl::Status BusyError() const;
+
+ private:
+  // Runs fn on the pool and finishes the unary reactor with its status.
+  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* ctx,
+                                     absl::string_view method,
+                                     std::function<absl::Status()> fn);
+
+  const ServiceOptions options_;
+  SessionManager* const sessions_;
+  WorkerPool* const pool_;
+  Metrics* const metrics_;
+};
+
+// CANCELLED / DEADLINE_EXCEEDED if the call is already dead: checked before
+// expensive work.
+absl::Status CheckCallAlive(grpc::CallbackServerContext* ctx);
+
+// Runs fn, turning a std::bad_alloc into ResourceExhausted and any other
+// exception escaping a library into Internal (our code throws none).
+absl::Status CallGuarded(const std::function<absl::Status()>& fn);
+
+}  // namespace kvsketch::server
+
+#endif  // KVSKETCH_SERVER_ATTENTION_SERVICE_H_

@@ -1,0 +1,99 @@
+// File: server/metrics.h
+//
+// The server's Prometheus metrics (DESIGN.md §6): one prometheus-cpp Registry
+// with every kvsketch_* family, plus a collector of process_* metrics read
+// from /proc/self at scrape time. Label sets are small and bounded (RPC
+// method x gRPC code name, approximator kind, eviction reason); a session id
+// is never a label.
+//
+// Thread safety: every method may be called from any thread.
+#ifndef KVSKETCH_SERVER_METRICS_H_
+#define KVSKETCH_SERVER_METRICS_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "prometheus/collectable.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "server/worker_pool.h"
+
+namespace kvsketch::server {
+
+// process_resident_memory_bytes, process_virtual_memory_bytes,
+// process_cpu_seconds_total, process_open_fds, process_start_time_seconds,
+// read from /proc/self on every Collect (a few small file reads).
+class ProcessCollector : public prometheus::Collectable {
+ public:
+  std::vector<prometheus::MetricFamily> Collect() const override;
+};
+
+// kvsketch_worker_queue_depth (gauge) and kvsketch_worker_rejected_total
+// (counter), read from the worker pool at scrape time.
+class WorkerPoolCollector : public prometheus::Collectable {
+ public:
+  // pool may be null (nothing exported) and must outlive its attachment.
+  void Attach(const WorkerPool* pool);
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  std::atomic<const WorkerPool*> pool_{nullptr};
+};
+
+class Metrics {
+ public:
+  explicit Metrics(int64_t memory_budget_bytes);
+
+  // Sessions: the gauge follows created/removed; reason is "deleted",
+  // "idle_ttl", ...
+  void SessionAdded(bool newly_created);
+  void SessionRemoved(absl::string_view reason);
+  // Shutdown and restarts move sessions without counting them as evicted.
+  void SessionUnloaded();
+
+  void AddStateBytes(absl::string_view approximator, int64_t delta);
+  void TokensAppended(absl::string_view approximator, int64_t n);
+  void QueriesAnswered(absl::string_view approximator, int64_t n);
+  void AttendCompute(absl::string_view approximator, double seconds);
+  // Every finished RPC: duration, and an error count when code != 0.
+  void RpcFinished(absl::string_view method, int code, double seconds);
+  // An error count only (Decode entries, which are not RPCs of their own).
+  void RpcError(absl::string_view method, int code);
+  void DecodeStep();
+
+  // The registry (for an HTTP Exposer) and the process collector.
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+  std::shared_ptr<ProcessCollector> process_collector() const {
+    return process_;
+  }
+  std::shared_ptr<WorkerPoolCollector> pool_collector() const { return pool_; }
+
+  // Text exposition of everything, as /metrics serves it.
+  std::string Scrape() const;
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<ProcessCollector> process_;
+  std::shared_ptr<WorkerPoolCollector> pool_;
+  prometheus::Gauge* sessions_;
+  prometheus::Counter* sessions_created_;
+  prometheus::Family<prometheus::Counter>* sessions_evicted_;
+  prometheus::Family<prometheus::Counter>* tokens_appended_;
+  prometheus::Family<prometheus::Counter>* queries_;
+  prometheus::Family<prometheus::Histogram>* rpc_duration_;
+  prometheus::Family<prometheus::Histogram>* attend_compute_;
+  prometheus::Family<prometheus::Gauge>* state_bytes_;
+  prometheus::Family<prometheus::Counter>* rpc_errors_;
+  prometheus::Counter* decode_steps_;
+};
+
+}  // namespace kvsketch::server
+
+#endif  // KVSKETCH_SERVER_METRICS_H_

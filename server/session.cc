@@ -1,0 +1,206 @@
+// File: server/session.cc
+#include "server/session.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "core/io/byte_io.h"
+#include "core/status_macros.h"
+
+namespace kvsketch::server {
+namespace {
+
+std::vector<std::string> LayerKinds(const SessionState& state) {
+  std::vector<std::string> kinds;
+  kinds.reserve(state.config().num_layers);
+  for (int l = 0; l < state.config().num_layers; ++l) {
+    kinds.push_back(SpecKind(state.layer_spec(l)));
+  }
+  return kinds;
+}
+
+}  // namespace
+
+std::string SpecKind(const std::string& spec) {
+  return spec.substr(0, spec.find(':'));
+}
+
+Session::Session(std::string id, std::unique_ptr<SessionState> state,
+                 absl::Time created, MemoryBudget* budget, Metrics* metrics)
+    : id_(std::move(id)),
+      config_(state->config()),
+      kinds_(LayerKinds(*state)),
+      created_(created),
+      budget_(budget),
+      metrics_(metrics),
+      last_used_micros_(absl::ToUnixMicros(created)),
+      state_(std::move(state)) {
+  absl::MutexLock l(&mu_);
+  charged_bytes_.assign(config_.num_layers, 0);
+  for (int layer = 0; layer < config_.num_layers; ++layer) Recharge(layer);
+}
+
+Session::~Session() { Close(); }
+
+absl::Time Session::last_used() const {
+  return absl::FromUnixMicros(
+      last_used_micros_.load(std::memory_order_relaxed));
+}
+
+void Session::Touch(absl::Time now) {
+  last_used_micros_.store(absl::ToUnixMicros(now), std::memory_order_relaxed);
+}
+
+absl::Status Session::CheckOpen() const {
+  if (closed_) {
+    return absl::NotFoundError(
+        absl::StrCat("session_id: session '", id_, "' was deleted"));
+  }
+  return absl::OkStatus();
+}
+
+void Session::Recharge(int layer) {
+  const int64_t now = state_->LayerMemoryBytes(layer);
+  const int64_t delta = now - charged_bytes_[layer];
+  if (delta == 0) return;
+  charged_bytes_[layer] = now;
+  budget_->Adjust(delta);
+  metrics_->AddStateBytes(kinds_[layer], delta);
+}
+
+int64_t Session::GrowthEstimate(int64_t num_new_tokens, int layers) const {
+  return num_new_tokens * layers * config_.num_kv_heads *
+         (int64_t{config_.head_dim} + config_.value_dim) *
+         static_cast<int64_t>(sizeof(float));
+}
+
+absl::Status Session::Step(int layer, int64_t num_new_tokens,
+                           absl::Span<const float> keys,
+                           absl::Span<const float> values, int64_t num_queries,
+                           absl::Span<const float> queries,
+                           absl::Span<float> out, int64_t* tokens_after) {
+  absl::MutexLock l(&mu_);
+  KVSKETCH_RETURN_IF_ERROR(CheckOpen());
+  const int64_t estimate = GrowthEstimate(num_new_tokens, 1);
+  if (estimate > 0) {
+    KVSKETCH_RETURN_IF_ERROR(budget_->TryReserve(estimate, "append"));
+  }
+  const absl::Time start = absl::Now();
+  absl::Status status = state_->Step(layer, num_new_tokens, keys, values,
+                                     num_queries, queries, out);
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  budget_->Adjust(-estimate);
+  Recharge(layer);
+  if (!status.ok()) return status;
+  metrics_->AttendCompute(kinds_[layer], seconds);
+  metrics_->TokensAppended(kinds_[layer], num_new_tokens);
+  metrics_->QueriesAnswered(kinds_[layer],
+                            num_queries * config_.num_query_heads);
+  if (tokens_after != nullptr) *tokens_after = state_->num_tokens(layer);
+  return absl::OkStatus();
+}
+
+absl::Status Session::AppendAllLayers(int64_t num_new_tokens,
+                                      absl::Span<const float> keys,
+                                      absl::Span<const float> values) {
+  absl::MutexLock l(&mu_);
+  KVSKETCH_RETURN_IF_ERROR(CheckOpen());
+  const int layers = config_.num_layers;
+  const size_t key_block = static_cast<size_t>(num_new_tokens) *
+                           config_.num_kv_heads * config_.head_dim;
+  const size_t value_block = static_cast<size_t>(num_new_tokens) *
+                             config_.num_kv_heads * config_.value_dim;
+  if (keys.size() != key_block * layers ||
+      values.size() != value_block * layers) {
+    return absl::InvalidArgumentError(
+        "keys/values: size does not match num_layers x num_kv_heads x T x dim");
+  }
+  // All-or-nothing: the only per-layer failure SessionState::Append can
+  // still report after the service's shape checks is the token limit.
+  if (config_.max_tokens > 0) {
+    for (int layer = 0; layer < layers; ++layer) {
+      if (state_->num_tokens(layer) + num_new_tokens > config_.max_tokens) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "keys: layer ", layer, " has ", state_->num_tokens(layer),
+            " tokens; appending ", num_new_tokens, " would exceed max_tokens ",
+            config_.max_tokens));
+      }
+    }
+  }
+  const int64_t estimate = GrowthEstimate(num_new_tokens, layers);
+  KVSKETCH_RETURN_IF_ERROR(budget_->TryReserve(estimate, "append"));
+  absl::Status status;
+  for (int layer = 0; layer < layers && status.ok(); ++layer) {
+    status = state_->Append(layer, num_new_tokens,
+                            keys.subspan(key_block * layer, key_block),
+                            values.subspan(value_block * layer, value_block));
+    if (status.ok()) metrics_->TokensAppended(kinds_[layer], num_new_tokens);
+  }
+  budget_->Adjust(-estimate);
+  for (int layer = 0; layer < layers; ++layer) Recharge(layer);
+  return status;
+}
+
+std::vector<int64_t> Session::tokens_per_layer() const {
+  absl::ReaderMutexLock l(&mu_);
+  if (closed_) return {};
+  return state_->tokens_per_layer();
+}
+
+int64_t Session::state_bytes() const {
+  absl::ReaderMutexLock l(&mu_);
+  if (closed_) return 0;
+  return state_->MemoryBytes();
+}
+
+absl::Status Session::FillInfo(v1::SessionInfo* info) const {
+  absl::ReaderMutexLock l(&mu_);
+  KVSKETCH_RETURN_IF_ERROR(CheckOpen());
+  info->set_session_id(id_);
+  v1::SessionConfig* c = info->mutable_config();
+  c->set_num_layers(config_.num_layers);
+  c->set_num_kv_heads(config_.num_kv_heads);
+  c->set_num_query_heads(config_.num_query_heads);
+  c->set_head_dim(config_.head_dim);
+  c->set_value_dim(config_.value_dim);
+  c->set_scale(config_.scale);
+  c->set_spec(config_.spec);
+  for (const auto& [layer, spec] : config_.layer_specs) {
+    (*c->mutable_layer_specs())[layer] = spec;
+  }
+  c->set_max_tokens(config_.max_tokens);
+  for (int64_t n : state_->tokens_per_layer()) info->add_tokens_per_layer(n);
+  info->set_state_bytes(state_->MemoryBytes());
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    info->add_canonical_layer_specs(state_->layer_spec(layer));
+  }
+  info->set_created_unix_micros(absl::ToUnixMicros(created_));
+  info->set_last_used_unix_micros(
+      last_used_micros_.load(std::memory_order_relaxed));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Session::SavePayload() const {
+  absl::ReaderMutexLock l(&mu_);
+  KVSKETCH_RETURN_IF_ERROR(CheckOpen());
+  ByteWriter writer;
+  writer.PutString(id_);
+  KVSKETCH_RETURN_IF_ERROR(state_->Save(writer));
+  return writer.Release();
+}
+
+bool Session::Close() {
+  absl::MutexLock l(&mu_);
+  if (closed_) return false;
+  closed_ = true;
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    budget_->Adjust(-charged_bytes_[layer]);
+    metrics_->AddStateBytes(kinds_[layer], -charged_bytes_[layer]);
+    charged_bytes_[layer] = 0;
+  }
+  state_.reset();  // free the memory now, not when the last reference goes
+  return true;
+}
+
+}  // namespace kvsketch::server
