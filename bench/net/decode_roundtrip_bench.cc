@@ -1,0 +1,366 @@
+// Decode round trip over loopback TCP: kvsketch vs a bare gRPC echo.
+//
+// One step = one DecodeEntry (1 layer, 8 KV heads, 8 query heads, d = 128:
+// this token's k, v and q) sent on a Decode stream, ping-pong, against an
+// in-process kvsketch server holding a short exact context (64..127 tokens:
+// every 64 steps the session is replaced by a fresh 64-token one, outside
+// the timed region). The baseline sends the same DecodeRequest bytes to a
+// bidi echo service in the same process and gets a reply of the
+// DecodeResponse's size back, so the ratio isolates what kvsketch adds on
+// top of gRPC: validation, dispatch to the worker pool, attention over
+// <= 128 tokens and the response encoding.
+//
+//   build/<dir>/bench/net/bench_decode_roundtrip [--benchmark_min_time=2]
+//
+// Prints Google Benchmark's table, then
+//   ratio kvsketch/echo = X (target <= 1.3)
+// with both latencies measured in this same run.
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "benchmark/benchmark.h"
+#include "client/attention_client.h"
+#include "client/tensor_ref.h"
+#include "core/status_macros.h"
+#include "grpcpp/grpcpp.h"
+#include "net_echo.grpc.pb.h"
+#include "server/server.h"
+
+namespace kvsketch::bench {
+namespace {
+
+constexpr int kKvHeads = 8;
+constexpr int kQueryHeads = 8;
+constexpr int kDim = 128;
+constexpr int64_t kContext = 64;
+// Steps before the session is replaced, bounding the context at
+// kContext + kResetEvery tokens.
+constexpr int kResetEvery = 64;
+constexpr int kVariants = 4;
+
+std::vector<float> Pseudorandom(uint64_t seed, size_t n) {
+  std::vector<float> v(n);
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (float& f : v) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    f = static_cast<float>(static_cast<int64_t>(x >> 40) - (1 << 23)) /
+        static_cast<float>(1 << 23);
+  }
+  return v;
+}
+
+// The echo baseline: read a request, answer reply_bytes bytes.
+class EchoService final : public NetEcho::Service {
+  grpc::Status Echo(
+      grpc::ServerContext*,
+      grpc::ServerReaderWriter<EchoReply, EchoRequest>* stream) override {
+    EchoRequest request;
+    EchoReply reply;
+    while (stream->Read(&request)) {
+      if (static_cast<int>(reply.payload().size()) != request.reply_bytes()) {
+        reply.set_payload(std::string(request.reply_bytes(), 'x'));
+      }
+      if (!stream->Write(reply)) break;
+    }
+    return grpc::Status::OK;
+  }
+};
+
+// The same echo on gRPC's callback API (the API the kvsketch server uses),
+// answering inline from the reactions: a diagnostic second baseline that
+// separates the callback API's own cost from kvsketch's.
+class CallbackEchoService final : public NetEcho::CallbackService {
+  class Reactor final : public grpc::ServerBidiReactor<EchoRequest, EchoReply> {
+   public:
+    Reactor() { StartRead(&request_); }
+    void OnReadDone(bool ok) override {
+      if (!ok) {
+        Finish(grpc::Status::OK);
+        return;
+      }
+      if (static_cast<int>(reply_.payload().size()) != request_.reply_bytes()) {
+        reply_.set_payload(std::string(request_.reply_bytes(), 'x'));
+      }
+      StartWrite(&reply_);
+    }
+    void OnWriteDone(bool ok) override {
+      if (!ok) {
+        Finish(grpc::Status(grpc::StatusCode::UNKNOWN, "write failed"));
+        return;
+      }
+      StartRead(&request_);
+    }
+    void OnDone() override { delete this; }
+
+   private:
+    EchoRequest request_;
+    EchoReply reply_;
+  };
+
+  grpc::ServerBidiReactor<EchoRequest, EchoReply>* Echo(
+      grpc::CallbackServerContext*) override {
+    return new Reactor();
+  }
+};
+
+// Both servers, the client and the request bytes, shared by the benchmarks.
+class Rig {
+ public:
+  static Rig& Get() {
+    static Rig* const rig = new Rig();
+    return *rig;
+  }
+
+  client::AttentionClient& client() { return *client_; }
+  NetEcho::Stub& echo_stub() { return *echo_stub_; }
+  NetEcho::Stub& callback_echo_stub() { return *callback_echo_stub_; }
+  int response_bytes() const { return response_bytes_; }
+
+  // A fresh session with kContext tokens; returns its id and fills
+  // `steps` with kVariants one-token steps for it.
+  std::string NewSession(std::vector<v1::DecodeRequest>* steps,
+                         bool with_queries = true) {
+    v1::SessionConfig config;
+    config.set_num_layers(1);
+    config.set_num_kv_heads(kKvHeads);
+    config.set_num_query_heads(kQueryHeads);
+    config.set_head_dim(kDim);
+    config.set_spec("exact");
+    auto info = client_->CreateSession(config);
+    KVSKETCH_CHECK(info.ok());
+    const std::vector<int64_t> shape = {kKvHeads, kContext, kDim};
+    std::vector<float> k = Pseudorandom(++seed_, kKvHeads * kContext * kDim);
+    std::vector<float> v = Pseudorandom(++seed_, kKvHeads * kContext * kDim);
+    KVSKETCH_CHECK(
+        client_->AppendTokens(info->session_id(), 0, {shape, k}, {shape, v}, {})
+            .ok());
+    steps->clear();
+    for (int i = 0; i < kVariants; ++i) {
+      v1::DecodeRequest request;
+      std::vector<float> sk = Pseudorandom(++seed_, kKvHeads * kDim);
+      std::vector<float> sv = Pseudorandom(++seed_, kKvHeads * kDim);
+      std::vector<float> sq = Pseudorandom(++seed_, kQueryHeads * kDim);
+      KVSKETCH_CHECK(client::AddDecodeEntry(
+                         info->session_id(), 0, {{kKvHeads, kDim}, sk},
+                         {{kKvHeads, kDim}, sv},
+                         with_queries
+                             ? client::TensorRef{{kQueryHeads, kDim}, sq}
+                             : client::TensorRef{},
+                         v1::F32, &request)
+                         .ok());
+      steps->push_back(std::move(request));
+    }
+    return info->session_id();
+  }
+
+ private:
+  Rig() {
+    server::ServerOptions options;
+    options.listen_address = "127.0.0.1:0";
+    options.metrics_address = "";
+    auto server = server::Server::Start(options);
+    KVSKETCH_CHECK(server.ok());
+    server_ = *std::move(server);
+    client_ = client::AttentionClient::Connect(
+        absl::StrCat("127.0.0.1:", server_->grpc_port()));
+
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port);
+    builder.RegisterService(&echo_service_);
+    echo_server_ = builder.BuildAndStart();
+    KVSKETCH_CHECK(echo_server_ != nullptr);
+    echo_stub_ = NetEcho::NewStub(grpc::CreateChannel(
+        absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+
+    grpc::ServerBuilder callback_builder;
+    int callback_port = 0;
+    callback_builder.AddListeningPort(
+        "127.0.0.1:0", grpc::InsecureServerCredentials(), &callback_port);
+    callback_builder.RegisterService(&callback_echo_service_);
+    callback_echo_server_ = callback_builder.BuildAndStart();
+    KVSKETCH_CHECK(callback_echo_server_ != nullptr);
+    callback_echo_stub_ = NetEcho::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", callback_port),
+                            grpc::InsecureChannelCredentials()));
+
+    // The size of a real response to one step, for the echo reply.
+    std::vector<v1::DecodeRequest> steps;
+    const std::string id = NewSession(&steps);
+    auto stream = client_->OpenDecodeStream(id);
+    KVSKETCH_CHECK(stream->Send(steps[0]).ok());
+    auto response = stream->Receive();
+    KVSKETCH_CHECK(response.ok() && response->results(0).code() == 0);
+    response_bytes_ = static_cast<int>(response->ByteSizeLong());
+    KVSKETCH_CHECK(stream->Finish().ok());
+    KVSKETCH_CHECK(client_->DeleteSession(id).ok());
+  }
+
+  std::unique_ptr<server::Server> server_;
+  std::unique_ptr<client::AttentionClient> client_;
+  EchoService echo_service_;
+  std::unique_ptr<grpc::Server> echo_server_;
+  std::unique_ptr<NetEcho::Stub> echo_stub_;
+  CallbackEchoService callback_echo_service_;
+  std::unique_ptr<grpc::Server> callback_echo_server_;
+  std::unique_ptr<NetEcho::Stub> callback_echo_stub_;
+  int response_bytes_ = 0;
+  uint64_t seed_ = 0;
+};
+
+// state.range(0): 0 = the sync echo (the baseline of the ratio), 1 = the
+// callback-API echo (diagnostic).
+void BM_EchoRoundTrip(benchmark::State& state) {
+  Rig& rig = Rig::Get();
+  NetEcho::Stub& stub =
+      state.range(0) == 0 ? rig.echo_stub() : rig.callback_echo_stub();
+  std::vector<v1::DecodeRequest> steps;
+  const std::string id = rig.NewSession(&steps);
+  std::vector<EchoRequest> requests(kVariants);
+  for (int i = 0; i < kVariants; ++i) {
+    requests[i].set_payload(steps[i].SerializeAsString());
+    requests[i].set_reply_bytes(rig.response_bytes());
+  }
+  KVSKETCH_CHECK(rig.client().DeleteSession(id).ok());
+  grpc::ClientContext context;
+  auto stream = stub.Echo(&context);
+  EchoReply reply;
+  int64_t i = 0;
+  for (auto _ : state) {
+    if (!stream->Write(requests[i++ % kVariants]) || !stream->Read(&reply)) {
+      state.SkipWithError("echo stream broke");
+      break;
+    }
+  }
+  stream->WritesDone();
+  KVSKETCH_CHECK(stream->Finish().ok());
+  state.counters["request_bytes"] = requests[0].ByteSizeLong();
+  state.counters["reply_bytes"] = reply.ByteSizeLong();
+}
+
+// state.range(0) == 0: the entries carry no queries (append only), which
+// leaves out the attention compute: a diagnostic of the serving overhead.
+void BM_KvsketchDecodeRoundTrip(benchmark::State& state) {
+  Rig& rig = Rig::Get();
+  const bool with_queries = state.range(0) != 0;
+  std::vector<v1::DecodeRequest> steps;
+  std::string id = rig.NewSession(&steps, with_queries);
+  auto stream = rig.client().OpenDecodeStream(id);
+  int64_t i = 0;
+  int64_t failed_entries = 0;
+  for (auto _ : state) {
+    if (i > 0 && i % kResetEvery == 0) {
+      state.PauseTiming();
+      KVSKETCH_CHECK(rig.client().DeleteSession(id).ok());
+      id = rig.NewSession(&steps, with_queries);
+      state.ResumeTiming();
+    }
+    v1::DecodeRequest& request = steps[i % kVariants];
+    request.set_step_id(i++);
+    if (!stream->Send(request).ok()) {
+      state.SkipWithError("decode stream broke");
+      break;
+    }
+    auto response = stream->Receive();
+    if (!response.ok()) {
+      state.SkipWithError(std::string(response.status().message()).c_str());
+      break;
+    }
+    failed_entries += response->results(0).code() != 0;
+  }
+  KVSKETCH_CHECK(stream->Finish().ok());
+  KVSKETCH_CHECK(rig.client().DeleteSession(id).ok());
+  if (failed_entries > 0) state.SkipWithError("entries failed");
+  state.counters["request_bytes"] = steps[0].ByteSizeLong();
+}
+
+BENCHMARK(BM_EchoRoundTrip)
+    ->ArgName("callback")
+    ->Arg(0)
+    ->Arg(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_KvsketchDecodeRoundTrip)
+    ->ArgName("queries")
+    ->Arg(1)
+    ->Arg(0)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// Keeps each benchmark's real time per iteration for the ratio.
+class RatioReporter : public benchmark::ConsoleReporter {
+ public:
+  // Plain text (no colour codes): the output usually goes to a log.
+  RatioReporter() : ConsoleReporter(OO_Tabular) {}
+
+  // Per benchmark: seconds per iteration of the last repetition, replaced
+  // by the median when --benchmark_repetitions produces one. (Repetitions
+  // of one benchmark share an iteration count, so the median's accumulated
+  // time divided by it is the median time per iteration.)
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& run : runs) {
+      if (run.error_occurred || run.iterations <= 0) continue;
+      const double per_iter =
+          run.real_accumulated_time / static_cast<double>(run.iterations);
+      const std::string name = run.run_name.str();
+      if (run.run_type == Run::RT_Aggregate) {
+        if (run.aggregate_name == "median") {
+          seconds_per_iter_[name] = per_iter;
+          have_median_[name] = true;
+        }
+      } else if (!have_median_[name]) {
+        seconds_per_iter_[name] = per_iter;
+      }
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+  const std::map<std::string, double>& results() const {
+    return seconds_per_iter_;
+  }
+
+ private:
+  std::map<std::string, double> seconds_per_iter_;
+  std::map<std::string, bool> have_median_;
+};
+
+}  // namespace
+}  // namespace kvsketch::bench
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  kvsketch::bench::RatioReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  const auto& r = reporter.results();
+  auto echo = r.find("BM_EchoRoundTrip/callback:0/real_time");
+  auto callback_echo = r.find("BM_EchoRoundTrip/callback:1/real_time");
+  auto kv = r.find("BM_KvsketchDecodeRoundTrip/queries:1/real_time");
+  auto append_only = r.find("BM_KvsketchDecodeRoundTrip/queries:0/real_time");
+  if (echo != r.end() && kv != r.end() && echo->second > 0) {
+    std::printf(
+        "echo %.1f us, kvsketch %.1f us per round trip: ratio kvsketch/echo "
+        "= %.3f (target <= 1.3)\n",
+        echo->second * 1e6, kv->second * 1e6, kv->second / echo->second);
+  }
+  if (echo != r.end() && callback_echo != r.end() && echo->second > 0) {
+    std::printf(
+        "diagnostic: callback-API echo %.1f us: ratio to the sync echo "
+        "%.3f\n",
+        callback_echo->second * 1e6, callback_echo->second / echo->second);
+  }
+  if (echo != r.end() && append_only != r.end() && echo->second > 0) {
+    std::printf(
+        "diagnostic: append-only steps (no attention) %.1f us: ratio %.3f\n",
+        append_only->second * 1e6, append_only->second / echo->second);
+  }
+  benchmark::Shutdown();
+  return 0;
+}
