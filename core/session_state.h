@@ -42,9 +42,9 @@ struct SessionConfig {
   int num_kv_heads = 0;
   int num_query_heads = 0;  // 0 -> num_kv_heads
   int head_dim = 0;
-  int value_dim = 0;  // 0 -> head_dim
-  float scale = 0;    // 0 -> 1/sqrt(head_dim)
-  std::string spec;   // "" -> "exact"
+  int value_dim = 0;                       // 0 -> head_dim
+  float scale = 0;                         // 0 -> 1/sqrt(head_dim)
+  std::string spec;                        // "" -> "exact"
   std::map<int, std::string> layer_specs;  // per-layer overrides
   int64_t max_tokens = 0;                  // per layer; 0 -> unlimited
 };
@@ -98,8 +98,7 @@ class SessionState {
   // Serialises config, per-head specs and states.
   absl::Status Save(ByteWriter& writer) const;
   // DataLoss on malformed input.
-  static absl::StatusOr<std::unique_ptr<SessionState>> Load(
-      ByteReader& reader);
+  static absl::StatusOr<std::unique_ptr<SessionState>> Load(ByteReader& reader);
 
  private:
   SessionState() = default;

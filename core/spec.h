@@ -4,7 +4,8 @@
 // header does the syntax only; core/registry.h checks kinds and keys against
 // the registered table and prints the canonical form.
 //
-//   ParseSpec("topk:alpha=2,c=0.5") -> {kind "topk", {{"alpha","2"},{"c","0.5"}}}
+//   ParseSpec("topk:alpha=2,c=0.5") -> {kind "topk",
+//   {{"alpha","2"},{"c","0.5"}}}
 //
 // Grammar: kind and keys are [a-z0-9_]+; values are non-empty and contain no
 // ',' ':' '=' or whitespace. Surrounding whitespace of the whole string is

@@ -20,9 +20,9 @@
 #define KVSKETCH_INTERNAL_CONCAT_(a, b) a##b
 #define KVSKETCH_INTERNAL_CONCAT(a, b) KVSKETCH_INTERNAL_CONCAT_(a, b)
 
-#define KVSKETCH_RETURN_IF_ERROR(expr)                  \
-  do {                                                  \
-    ::absl::Status kvsketch_status_ = (expr);           \
+#define KVSKETCH_RETURN_IF_ERROR(expr)                   \
+  do {                                                   \
+    ::absl::Status kvsketch_status_ = (expr);            \
     if (!kvsketch_status_.ok()) return kvsketch_status_; \
   } while (false)
 
@@ -31,18 +31,18 @@
   if (!tmp.ok()) return std::move(tmp).status();           \
   lhs = std::move(tmp).value()
 
-#define KVSKETCH_ASSIGN_OR_RETURN(lhs, expr)                                \
-  KVSKETCH_INTERNAL_ASSIGN_OR_RETURN(                                       \
+#define KVSKETCH_ASSIGN_OR_RETURN(lhs, expr) \
+  KVSKETCH_INTERNAL_ASSIGN_OR_RETURN(        \
       KVSKETCH_INTERNAL_CONCAT(kvsketch_statusor_, __LINE__), lhs, expr)
 
 // Broken internal invariants (programmer errors, never user input) abort.
-#define KVSKETCH_CHECK(cond)                                              \
-  do {                                                                    \
-    if (!(cond)) {                                                        \
+#define KVSKETCH_CHECK(cond)                                               \
+  do {                                                                     \
+    if (!(cond)) {                                                         \
       std::fprintf(stderr, "%s:%d: KVSKETCH_CHECK failed: %s\n", __FILE__, \
-                   __LINE__, #cond);                                      \
-      std::abort();                                                       \
-    }                                                                     \
+                   __LINE__, #cond);                                       \
+      std::abort();                                                        \
+    }                                                                      \
   } while (false)
 
 #endif  // KVSKETCH_CORE_STATUS_MACROS_H_

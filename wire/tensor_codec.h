@@ -31,9 +31,8 @@ absl::StatusOr<DecodedTensor> DecodeTensor(const v1::Tensor& tensor,
                                            absl::string_view field);
 
 // REQUIRES: data.size() == product(shape).
-void EncodeTensor(absl::Span<const int64_t> shape,
-                  absl::Span<const float> data, v1::DType dtype,
-                  v1::Tensor* out);
+void EncodeTensor(absl::Span<const int64_t> shape, absl::Span<const float> data,
+                  v1::DType dtype, v1::Tensor* out);
 
 // Bytes per element of a dtype; 0 for DTYPE_UNSPECIFIED / unknown values.
 int DTypeSize(v1::DType dtype);
