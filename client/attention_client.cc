@@ -218,9 +218,20 @@ absl::StatusOr<v1::AppendResponse> AttentionClient::AppendTokens(
 absl::StatusOr<AttendResult> AttentionClient::Attend(
     absl::string_view session_id, int layer, const TensorRef& keys,
     const TensorRef& values, const TensorRef& queries, v1::DType dtype) {
+  AttendOptions options;
+  options.dtype = dtype;
+  return Attend(session_id, layer, keys, values, queries, options);
+}
+
+absl::StatusOr<AttendResult> AttentionClient::Attend(
+    absl::string_view session_id, int layer, const TensorRef& keys,
+    const TensorRef& values, const TensorRef& queries,
+    const AttendOptions& options) {
+  const v1::DType dtype = options.dtype;
   v1::AttendRequest request;
   request.set_session_id(std::string(session_id));
   request.set_layer(layer);
+  request.set_want_diagnostics(options.want_diagnostics);
   if (!keys.empty()) {
     KVSKETCH_RETURN_IF_ERROR(
         ToWire(keys, dtype, "keys", request.mutable_keys()));
@@ -238,6 +249,8 @@ absl::StatusOr<AttendResult> AttentionClient::Attend(
   KVSKETCH_ASSIGN_OR_RETURN(result.output,
                             DecodeTensor(response.output(), "output"));
   result.num_tokens = response.num_tokens();
+  result.diagnostics.assign(response.diagnostics().begin(),
+                            response.diagnostics().end());
   return result;
 }
 

@@ -65,6 +65,17 @@ struct ClientOptions {
 struct AttendResult {
   DecodedTensor output;    // [num_query_heads, M, value_dim]
   int64_t num_tokens = 0;  // tokens of the layer after the call
+  // With AttendOptions::want_diagnostics: one per query row, [q_heads, M].
+  std::vector<v1::QueryDiagnostic> diagnostics;
+};
+
+struct AttendOptions {
+  v1::DType dtype = v1::F32;
+  // Ask for the dropped softmax mass tau and the bound 2 tau max||v|| per
+  // query row (topk layers only: FailedPrecondition from other kinds; costs
+  // the server a full O(n d) scan per row). On a Decode stream set
+  // DecodeEntry.want_diagnostics and read DecodeResult.diagnostics.
+  bool want_diagnostics = false;
 };
 
 struct AppendOptions {
@@ -128,6 +139,11 @@ class AttentionClient {
                                       const TensorRef& values,
                                       const TensorRef& queries,
                                       v1::DType dtype = v1::F32);
+  absl::StatusOr<AttendResult> Attend(absl::string_view session_id, int layer,
+                                      const TensorRef& keys,
+                                      const TensorRef& values,
+                                      const TensorRef& queries,
+                                      const AttendOptions& options);
   absl::StatusOr<AttendResult> Prefill(absl::string_view session_id, int layer,
                                        const TensorRef& queries,
                                        const TensorRef& keys,

@@ -52,6 +52,12 @@ absl::Status Approximator::CheckQueryArgs(ConstMatrixView queries,
   return absl::OkStatus();
 }
 
+absl::Status Approximator::QueryDiagnostics(
+    ConstMatrixView /*queries*/, std::vector<QueryDiagnostic>* /*out*/) const {
+  return absl::UnimplementedError(
+      absl::StrCat("diagnostics not supported by ", Spec()));
+}
+
 absl::Status Approximator::Prefill(ConstMatrixView queries, int group,
                                    ConstMatrixView keys, ConstMatrixView values,
                                    MatrixView out) {

@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "core/io/byte_io.h"
@@ -35,6 +36,14 @@ struct HeadShape {
   int head_dim = 0;   // d: key and query width
   int value_dim = 0;  // dv: value and output width
   float scale = 0;    // softmax temperature: scores are scale * q·k
+};
+
+// Per query row: how much of the softmax an approximator that attends to a
+// subset S of the keys left out (topk; DESIGN.md issue #3 item 2).
+struct QueryDiagnostic {
+  double dropped_mass = 0;    // tau = 1 - sum_{j in S} e^{s_j} / sum_j e^{s_j}
+  double error_bound = 0;     // 2 tau max_j ||v_j||_2 >= ||o - o_hat||_2
+  int64_t keys_selected = 0;  // |S|
 };
 
 class Approximator {
@@ -81,6 +90,15 @@ class Approximator {
   virtual absl::Status Prefill(ConstMatrixView queries, int group,
                                ConstMatrixView keys, ConstMatrixView values,
                                MatrixView out);
+
+  // Optional diagnostic: one QueryDiagnostic per query row (out is resized
+  // to queries.rows), for the selection Query makes on the current state.
+  // Typically O(n d) per row (a full scan), so callers ask only on request.
+  // Default: Unimplemented for every argument, including zero rows, so a
+  // caller can probe support with an empty queries matrix before mutating
+  // anything. Implementations answer zero rows with OK.
+  virtual absl::Status QueryDiagnostics(
+      ConstMatrixView queries, std::vector<QueryDiagnostic>* out) const;
 
   // Serialises the state (not the spec or shape, which the caller stores).
   virtual absl::Status SaveState(ByteWriter& writer) const = 0;

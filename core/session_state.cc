@@ -170,6 +170,38 @@ absl::Status SessionState::Append(int layer, int64_t num_new_tokens,
   return Step(layer, num_new_tokens, keys, values, 0, {}, {});
 }
 
+absl::Status SessionState::QueryDiagnostics(
+    int layer, int64_t num_queries, absl::Span<const float> queries,
+    std::vector<QueryDiagnostic>* out) const {
+  const SessionConfig& c = config_;
+  if (layer < 0 || layer >= c.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "diagnostics: layer (", layer, ") must be in [0, ", c.num_layers, ")"));
+  }
+  const int64_t d = c.head_dim;
+  KVSKETCH_RETURN_IF_ERROR(CheckSize("diagnostics", "queries", queries.size(),
+                                     c.num_query_heads * num_queries * d,
+                                     "num_query_heads*M*head_dim"));
+  out->clear();
+  out->reserve(static_cast<size_t>(c.num_query_heads * num_queries));
+  const int64_t rows = group_size() * num_queries;  // one KV head's block
+  std::vector<QueryDiagnostic> head;
+  for (int h = 0; h < c.num_kv_heads; ++h) {
+    const Approximator& a = *heads_[layer * c.num_kv_heads + h];
+    KVSKETCH_RETURN_IF_ERROR(
+        a.QueryDiagnostics({queries.data() + h * rows * d, rows, d}, &head));
+    out->insert(out->end(), head.begin(), head.end());
+  }
+  return absl::OkStatus();
+}
+
+bool SessionState::SupportsDiagnostics(int layer) const {
+  std::vector<QueryDiagnostic> none;
+  return !absl::IsUnimplemented(
+      heads_[layer * config_.num_kv_heads]->QueryDiagnostics(
+          {nullptr, 0, config_.head_dim}, &none));
+}
+
 absl::Status SessionState::Step(int layer, int64_t num_new_tokens,
                                 absl::Span<const float> keys,
                                 absl::Span<const float> values,

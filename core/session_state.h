@@ -95,6 +95,18 @@ class SessionState {
                     absl::Span<const float> values, int64_t num_queries,
                     absl::Span<const float> queries, absl::Span<float> out);
 
+  // Diagnostics (Approximator::QueryDiagnostics) of M query rows against the
+  // layer's current state, into out ordered [num_query_heads, M]. queries
+  // as in Step. After a Step with T <= 1 these describe exactly the
+  // selection that Step's queries used (for T > 1 the causal rows saw
+  // fewer tokens). Unimplemented when the layer's approximator has none.
+  absl::Status QueryDiagnostics(int layer, int64_t num_queries,
+                                absl::Span<const float> queries,
+                                std::vector<QueryDiagnostic>* out) const;
+  // Whether the layer's approximator implements QueryDiagnostics (probed
+  // with zero rows). REQUIRES: layer in range.
+  bool SupportsDiagnostics(int layer) const;
+
   // Serialises config, per-head specs and states.
   absl::Status Save(ByteWriter& writer) const;
   // DataLoss on malformed input.

@@ -1,8 +1,11 @@
 // File: server/attention_service.h
 //
 // The kvsketch.v1.Attention service on gRPC's callback API. Reactions never
-// compute or wait on a session lock: each RPC's work runs on the WorkerPool
-// and the reactor is finished from there. Split by RPC shape:
+// wait on a session lock and never run unbounded work: each RPC's work runs
+// on the WorkerPool and the reactor is finished from there -- except small
+// Decode entries (at most decode_inline_work_limit multiply-adds, session
+// lock taken with TryLock), which run inline (service_decode.cc). Split by RPC
+// shape:
 //   service_unary.cc    Create/Get/List/Delete, Attend, Prefill
 //   service_decode.cc   Decode (bidi, ordered, read-ahead pipeline)
 //   service_streams.cc  Append (client stream), Export/Import (snapshots)
@@ -27,6 +30,12 @@ namespace kvsketch::server {
 
 struct ServiceOptions {
   int stream_pipeline_depth = 4;
+  // Decode entries whose work estimate (Session::TryStep) is at most this
+  // many multiply-adds run inline in the gRPC reaction when their session's
+  // lock is free, instead of on the pool; 0 (the default here: everything on
+  // the pool) sends every step to the pool. Server::Start sets it from
+  // ServerOptions::decode_inline_work_limit (default 2^21).
+  int64_t decode_inline_work_limit = 0;
   // Largest message the server sends: export chunks stay below it.
   int max_message_bytes = 64 << 20;
   // Largest snapshot ImportSession accumulates.
@@ -76,8 +85,22 @@ class AttentionService final : public v1::Attention::CallbackService {
 
   // Runs a validated op on a session and encodes the output (F32,
   // [num_query_heads, M, value_dim]) when it has queries.
-  absl::Status RunLayerOp(Session& session, const LayerOp& op,
-                          v1::Tensor* output, int64_t* num_tokens) const;
+  // With op.want_diagnostics, fills `diagnostics` (may then not be null).
+  absl::Status RunLayerOp(
+      Session& session, const LayerOp& op, v1::Tensor* output,
+      int64_t* num_tokens,
+      google::protobuf::RepeatedPtrField<v1::QueryDiagnostic>* diagnostics =
+          nullptr) const;
+
+  // As RunLayerOp, but through Session::TryStep when work_budget is not null:
+  // false (nothing done) if the session lock is busy or the op's work
+  // estimate exceeds *work_budget (which it then consumes); else true and the
+  // op's status in *status. A null work_budget waits for the lock.
+  bool TryRunLayerOp(Session& session, const LayerOp& op, int64_t* work_budget,
+                     v1::Tensor* output, int64_t* num_tokens,
+                     absl::Status* status,
+                     google::protobuf::RepeatedPtrField<v1::QueryDiagnostic>*
+                         diagnostics = nullptr) const;
 
   // Records the RPC in metrics: duration since start, error by code.
   void RecordRpc(absl::string_view method, const absl::Status& status,

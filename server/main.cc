@@ -103,6 +103,9 @@ ABSL_FLAG(int, max_queued_tasks, kDefaults.max_queued_tasks,
           "queued tasks beyond which requests get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, stream_pipeline_depth, kDefaults.stream_pipeline_depth,
           "Decode steps of one stream read ahead while earlier ones compute");
+ABSL_FLAG(int64_t, decode_inline_work_limit, kDefaults.decode_inline_work_limit,
+          "Decode entries up to this many multiply-adds run on the gRPC "
+          "thread when their session is free; 0 = always on the workers");
 ABSL_FLAG(ByteSize, max_message_bytes, ByteSize{kDefaults.max_message_bytes},
           "largest gRPC message received or sent (e.g. 64M)");
 ABSL_FLAG(std::string, default_spec, kDefaults.default_spec,
@@ -149,6 +152,7 @@ int main(int argc, char** argv) {
   o.worker_threads = absl::GetFlag(FLAGS_worker_threads);
   o.max_queued_tasks = absl::GetFlag(FLAGS_max_queued_tasks);
   o.stream_pipeline_depth = absl::GetFlag(FLAGS_stream_pipeline_depth);
+  o.decode_inline_work_limit = absl::GetFlag(FLAGS_decode_inline_work_limit);
   const int64_t max_message = absl::GetFlag(FLAGS_max_message_bytes).bytes;
   if (max_message > INT32_MAX) {
     std::fprintf(stderr,

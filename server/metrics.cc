@@ -173,6 +173,13 @@ Metrics::Metrics(int64_t memory_budget_bytes)
                              "Compute time of one attention operation on "
                              "one layer, by approximator kind.")
                          .Register(*registry_);
+  dropped_mass_ = &BuildHistogram()
+                       .Name("kvsketch_topk_dropped_mass")
+                       .Help(
+                           "Softmax mass tau left out by a subset-attention "
+                           "approximator, per diagnosed query row (requests "
+                           "with want_diagnostics only).")
+                       .Register(*registry_);
   state_bytes_ = &BuildGauge()
                       .Name("kvsketch_state_bytes")
                       .Help(
@@ -233,6 +240,14 @@ void Metrics::AttendCompute(absl::string_view approximator, double seconds) {
   attend_compute_
       ->Add({{"approximator", std::string(approximator)}}, LatencyBuckets())
       .Observe(seconds);
+}
+
+void Metrics::DroppedMass(absl::string_view approximator, double tau) {
+  // tau in [0, 1]; the small buckets matter (a good selection drops < 1%).
+  static const prometheus::Histogram::BucketBoundaries kBuckets = {
+      1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0};
+  dropped_mass_->Add({{"approximator", std::string(approximator)}}, kBuckets)
+      .Observe(tau);
 }
 
 void Metrics::RpcFinished(absl::string_view method, int code, double seconds) {

@@ -67,6 +67,8 @@ class Metrics {
   // An error count only (Decode entries, which are not RPCs of their own).
   void RpcError(absl::string_view method, int code);
   void DecodeStep();
+  // kvsketch_topk_dropped_mass{approximator}: tau of one diagnosed query row.
+  void DroppedMass(absl::string_view approximator, double tau);
 
   // The registry (for an HTTP Exposer) and the process collector.
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
@@ -92,6 +94,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* state_bytes_;
   prometheus::Family<prometheus::Counter>* rpc_errors_;
   prometheus::Counter* decode_steps_;
+  prometheus::Family<prometheus::Histogram>* dropped_mass_;
 };
 
 }  // namespace kvsketch::server

@@ -37,11 +37,12 @@ absl::StatusOr<std::string> ResolveSessionId(absl::string_view request_id,
 // One layer's operands, decoded to float and checked against a session.
 struct LayerOp {
   int layer = 0;
-  int64_t num_new_tokens = 0;  // T
-  int64_t num_queries = 0;     // M
-  std::vector<float> keys;     // [num_kv_heads, T, head_dim]
-  std::vector<float> values;   // [num_kv_heads, T, value_dim]
-  std::vector<float> queries;  // [num_query_heads, M, head_dim]
+  int64_t num_new_tokens = 0;     // T
+  int64_t num_queries = 0;        // M
+  std::vector<float> keys;        // [num_kv_heads, T, head_dim]
+  std::vector<float> values;      // [num_kv_heads, T, value_dim]
+  std::vector<float> queries;     // [num_query_heads, M, head_dim]
+  bool want_diagnostics = false;  // per-query QueryDiagnostic wanted
 };
 
 enum class QueryRule {

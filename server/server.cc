@@ -68,6 +68,10 @@ absl::Status ValidateOptions(const ServerOptions& o) {
     return bad("stream_pipeline_depth", o.stream_pipeline_depth,
                "want 1..1024");
   }
+  if (o.decode_inline_work_limit < 0) {
+    return bad("decode_inline_work_limit", o.decode_inline_work_limit,
+               "want >= 0");
+  }
   absl::StatusOr<std::string> spec = CanonicalizeSpec(o.default_spec);
   if (!spec.ok()) {
     return absl::InvalidArgumentError(
@@ -111,6 +115,7 @@ class ServerImpl final : public Server {
 
     ServiceOptions svc;
     svc.stream_pipeline_depth = options_.stream_pipeline_depth;
+    svc.decode_inline_work_limit = options_.decode_inline_work_limit;
     svc.max_message_bytes = options_.max_message_bytes;
     // A snapshot is about as large as the state it holds, and no state may
     // exceed the budget; a little slack covers the envelope and config.
@@ -124,6 +129,17 @@ class ServerImpl final : public Server {
     builder.AddListeningPort(options_.listen_address,
                              grpc::InsecureServerCredentials(), &grpc_port_);
     builder.RegisterService(service_.get());
+    // Reflection is a sync-API service, so gRPC starts sync poller threads
+    // (by default a completion queue per core, up to 2 pollers each). Those
+    // threads share the process's epoll set with the callback executor that
+    // serves Attention, and every socket event they pick up costs a
+    // hand-off; one poller is plenty for the rare reflection call.
+    builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::NUM_CQS,
+                                1);
+    builder.SetSyncServerOption(
+        grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 1);
+    builder.SetSyncServerOption(
+        grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 1);
     builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
     builder.SetMaxSendMessageSize(options_.max_message_bytes);
     server_ = builder.BuildAndStart();

@@ -54,6 +54,11 @@ struct ServerOptions {
   int max_queued_tasks = 4096;
   // Decode steps of one stream read ahead while earlier ones compute.
   int stream_pipeline_depth = 4;
+  // Decode entries estimated at most this many multiply-adds (tokens x
+  // queries x query heads x (head_dim + value_dim)) run inline on the gRPC
+  // thread when their session is not locked, saving two thread hand-offs
+  // (~2^21: well under a millisecond); 0 sends every step to the workers.
+  int64_t decode_inline_work_limit = int64_t{1} << 21;
 
   // --- State ---
   // Approximator spec for sessions that do not name one.

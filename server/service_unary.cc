@@ -75,21 +75,52 @@ void AttentionService::RecordRpc(absl::string_view method,
                         absl::ToDoubleSeconds(absl::Now() - start));
 }
 
-absl::Status AttentionService::RunLayerOp(Session& session, const LayerOp& op,
-                                          v1::Tensor* output,
-                                          int64_t* num_tokens) const {
+absl::Status AttentionService::RunLayerOp(
+    Session& session, const LayerOp& op, v1::Tensor* output,
+    int64_t* num_tokens,
+    google::protobuf::RepeatedPtrField<v1::QueryDiagnostic>* diagnostics)
+    const {
+  absl::Status status;
+  TryRunLayerOp(session, op, /*work_budget=*/nullptr, output, num_tokens,
+                &status, diagnostics);
+  return status;
+}
+
+bool AttentionService::TryRunLayerOp(
+    Session& session, const LayerOp& op, int64_t* work_budget,
+    v1::Tensor* output, int64_t* num_tokens, absl::Status* status,
+    google::protobuf::RepeatedPtrField<v1::QueryDiagnostic>* diagnostics)
+    const {
   const SessionConfig& c = session.config();
+  std::vector<QueryDiagnostic> diag;
+  std::vector<QueryDiagnostic>* want =
+      op.want_diagnostics && diagnostics != nullptr ? &diag : nullptr;
   std::vector<float> out(static_cast<size_t>(op.num_queries) *
                          c.num_query_heads * c.value_dim);
-  session.Touch(absl::Now());
-  KVSKETCH_RETURN_IF_ERROR(session.Step(op.layer, op.num_new_tokens, op.keys,
-                                        op.values, op.num_queries, op.queries,
-                                        absl::MakeSpan(out), num_tokens));
-  if (op.num_queries > 0 && output != nullptr) {
+  const absl::Time now = absl::Now();
+  if (work_budget == nullptr) {
+    *status = session.Step(op.layer, op.num_new_tokens, op.keys, op.values,
+                           op.num_queries, op.queries, absl::MakeSpan(out),
+                           num_tokens, want);
+  } else if (!session.TryStep(work_budget, op.layer, op.num_new_tokens, op.keys,
+                              op.values, op.num_queries, op.queries,
+                              absl::MakeSpan(out), num_tokens, status, want)) {
+    return false;
+  }
+  session.Touch(now);
+  if (status->ok() && op.num_queries > 0 && output != nullptr) {
     const int64_t shape[] = {c.num_query_heads, op.num_queries, c.value_dim};
     EncodeTensor(shape, out, v1::F32, output);
   }
-  return absl::OkStatus();
+  if (status->ok() && want != nullptr) {
+    for (const QueryDiagnostic& q : diag) {
+      v1::QueryDiagnostic* d = diagnostics->Add();
+      d->set_dropped_mass(q.dropped_mass);
+      d->set_error_bound(q.error_bound);
+      d->set_keys_selected(q.keys_selected);
+    }
+  }
+  return true;
 }
 
 grpc::ServerUnaryReactor* AttentionService::RunUnary(
@@ -202,10 +233,12 @@ grpc::ServerUnaryReactor* AttentionService::Attend(
                       req->has_values() ? &req->values() : nullptr,
                       req->has_queries() ? &req->queries() : nullptr,
                       QueryRule::kRequired));
+    op.want_diagnostics = req->want_diagnostics();
     KVSKETCH_RETURN_IF_ERROR(CheckCallAlive(ctx));
     int64_t num_tokens = 0;
-    KVSKETCH_RETURN_IF_ERROR(
-        RunLayerOp(*session, op, resp->mutable_output(), &num_tokens));
+    KVSKETCH_RETURN_IF_ERROR(RunLayerOp(*session, op, resp->mutable_output(),
+                                        &num_tokens,
+                                        resp->mutable_diagnostics()));
     resp->set_num_tokens(num_tokens);
     return absl::OkStatus();
   });

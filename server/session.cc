@@ -79,9 +79,64 @@ absl::Status Session::Step(int layer, int64_t num_new_tokens,
                            absl::Span<const float> keys,
                            absl::Span<const float> values, int64_t num_queries,
                            absl::Span<const float> queries,
-                           absl::Span<float> out, int64_t* tokens_after) {
+                           absl::Span<float> out, int64_t* tokens_after,
+                           std::vector<QueryDiagnostic>* diagnostics) {
   absl::MutexLock l(&mu_);
+  return StepLocked(layer, num_new_tokens, keys, values, num_queries, queries,
+                    out, tokens_after, diagnostics);
+}
+
+bool Session::TryStep(int64_t* work_budget, int layer, int64_t num_new_tokens,
+                      absl::Span<const float> keys,
+                      absl::Span<const float> values, int64_t num_queries,
+                      absl::Span<const float> queries, absl::Span<float> out,
+                      int64_t* tokens_after, absl::Status* status,
+                      std::vector<QueryDiagnostic>* diagnostics) {
+  if (!mu_.TryLock()) return false;
+  // A closed session or a bad layer is answered here: StepLocked reports it
+  // without touching anything, and cheaply.
+  if (!closed_ && layer >= 0 && layer < config_.num_layers) {
+    const int64_t tokens = state_->num_tokens(layer) + num_new_tokens;
+    const double work = static_cast<double>(tokens) *
+                        static_cast<double>(num_queries + num_new_tokens) *
+                        config_.num_query_heads *
+                        (config_.head_dim + config_.value_dim);
+    if (work > static_cast<double>(*work_budget)) {
+      mu_.Unlock();
+      return false;
+    }
+    *work_budget -= static_cast<int64_t>(work);
+  }
+  *status = StepLocked(layer, num_new_tokens, keys, values, num_queries,
+                       queries, out, tokens_after, diagnostics);
+  mu_.Unlock();
+  return true;
+}
+
+absl::Status Session::StepLocked(int layer, int64_t num_new_tokens,
+                                 absl::Span<const float> keys,
+                                 absl::Span<const float> values,
+                                 int64_t num_queries,
+                                 absl::Span<const float> queries,
+                                 absl::Span<float> out, int64_t* tokens_after,
+                                 std::vector<QueryDiagnostic>* diagnostics) {
   KVSKETCH_RETURN_IF_ERROR(CheckOpen());
+  if (diagnostics != nullptr) {
+    diagnostics->clear();
+    // Checked first: a refused request must change nothing.
+    if (num_new_tokens > 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "want_diagnostics: supported for steps appending at most one token "
+          "(this one appends ",
+          num_new_tokens, ")"));
+    }
+    if (layer >= 0 && layer < config_.num_layers &&
+        !state_->SupportsDiagnostics(layer)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("want_diagnostics: diagnostics not supported by ",
+                       state_->layer_spec(layer)));
+    }
+  }
   const int64_t estimate = GrowthEstimate(num_new_tokens, 1);
   if (estimate > 0) {
     KVSKETCH_RETURN_IF_ERROR(budget_->TryReserve(estimate, "append"));
@@ -98,6 +153,16 @@ absl::Status Session::Step(int layer, int64_t num_new_tokens,
   metrics_->QueriesAnswered(kinds_[layer],
                             num_queries * config_.num_query_heads);
   if (tokens_after != nullptr) *tokens_after = state_->num_tokens(layer);
+  if (diagnostics != nullptr && num_queries > 0) {
+    // With T <= 1 the queries saw the whole layer, which is what this
+    // re-scan reads: the diagnostics describe the answer just computed.
+    // It can fail only on arguments Step has already accepted.
+    KVSKETCH_RETURN_IF_ERROR(
+        state_->QueryDiagnostics(layer, num_queries, queries, diagnostics));
+    for (const QueryDiagnostic& q : *diagnostics) {
+      metrics_->DroppedMass(kinds_[layer], q.dropped_mass);
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -54,14 +54,36 @@ class Session {
   void Touch(absl::Time now);
 
   // One step of one layer (SessionState::Step): appends num_new_tokens,
-  // answers num_queries into out. Reserves the growth estimate against the
-  // memory budget first. REQUIRES: spans sized per the session's config
+  // answers num_queries into out. With diagnostics != nullptr also fills one
+  // QueryDiagnostic per query row (SessionState::QueryDiagnostics) and
+  // observes kvsketch_topk_dropped_mass; checked before anything changes:
+  // FailedPrecondition if the layer's approximator has no diagnostics,
+  // InvalidArgument if num_new_tokens > 1. Reserves the growth estimate against
+  // the memory budget first. REQUIRES: spans sized per the session's config
   // (the service validates with field names; SessionState re-checks).
   absl::Status Step(int layer, int64_t num_new_tokens,
                     absl::Span<const float> keys,
                     absl::Span<const float> values, int64_t num_queries,
                     absl::Span<const float> queries, absl::Span<float> out,
-                    int64_t* tokens_after);
+                    int64_t* tokens_after,
+                    std::vector<QueryDiagnostic>* diagnostics = nullptr);
+
+  // As Step, but never waits and never runs a large step: returns false,
+  // having done nothing, if mu_ is held by another thread or if the step's
+  // work estimate (tokens of the layer after the append) * (M + T) *
+  // num_query_heads * (head_dim + value_dim) multiply-adds -- an upper bound
+  // for exact attention, the costliest kind -- exceeds *work_budget.
+  // Otherwise runs the step, subtracts its estimate from *work_budget (so a
+  // caller running several steps bounds their total), stores its status in
+  // *status and returns true. This lets
+  // a gRPC reaction run a small decode step inline instead of paying two
+  // thread hand-offs; see server/service_decode.cc.
+  bool TryStep(int64_t* work_budget, int layer, int64_t num_new_tokens,
+               absl::Span<const float> keys, absl::Span<const float> values,
+               int64_t num_queries, absl::Span<const float> queries,
+               absl::Span<float> out, int64_t* tokens_after,
+               absl::Status* status,
+               std::vector<QueryDiagnostic>* diagnostics = nullptr);
 
   // Appends T tokens to every layer, all or nothing: keys is
   // [num_layers, num_kv_heads, T, head_dim]. Token limits are checked for
@@ -87,6 +109,13 @@ class Session {
 
  private:
   absl::Status CheckOpen() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  absl::Status StepLocked(int layer, int64_t num_new_tokens,
+                          absl::Span<const float> keys,
+                          absl::Span<const float> values, int64_t num_queries,
+                          absl::Span<const float> queries,
+                          absl::Span<float> out, int64_t* tokens_after,
+                          std::vector<QueryDiagnostic>* diagnostics)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Re-measures a layer and moves budget and gauge by the difference.
   void Recharge(int layer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

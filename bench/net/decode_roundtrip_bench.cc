@@ -10,7 +10,19 @@
 // top of gRPC: validation, dispatch to the worker pool, attention over
 // <= 128 tokens and the response encoding.
 //
-//   build/<dir>/bench/net/bench_decode_roundtrip [--benchmark_min_time=2]
+// A second kvsketch server in the same process runs with
+// decode_inline_work_limit = 0 (every step on the worker pool, the server's
+// behaviour before the inline fast path): the "/inline:0" rows.
+//
+// The host is shared and noisy: use enough iterations per measurement and
+// interleave the repetitions so that load changes hit every variant alike
+// (Google Benchmark's aggregate rows print the repetition count in the
+// Iterations column, not the iterations measured):
+//
+//   build/<dir>/bench/net/bench_decode_roundtrip
+//       --benchmark_min_time=1 --benchmark_repetitions=5
+//       --benchmark_enable_random_interleaving=true
+//       --benchmark_report_aggregates_only=true
 //
 // Prints Google Benchmark's table, then
 //   ratio kvsketch/echo = X (target <= 1.3)
@@ -119,6 +131,8 @@ class Rig {
   }
 
   client::AttentionClient& client() { return *client_; }
+  // The client of the server with inline steps off (all on the pool).
+  client::AttentionClient& pool_client() { return *pool_client_; }
   NetEcho::Stub& echo_stub() { return *echo_stub_; }
   NetEcho::Stub& callback_echo_stub() { return *callback_echo_stub_; }
   int response_bytes() const { return response_bytes_; }
@@ -126,20 +140,22 @@ class Rig {
   // A fresh session with kContext tokens; returns its id and fills
   // `steps` with kVariants one-token steps for it.
   std::string NewSession(std::vector<v1::DecodeRequest>* steps,
-                         bool with_queries = true) {
+                         bool with_queries = true,
+                         client::AttentionClient* on = nullptr) {
+    client::AttentionClient* const client = on != nullptr ? on : client_.get();
     v1::SessionConfig config;
     config.set_num_layers(1);
     config.set_num_kv_heads(kKvHeads);
     config.set_num_query_heads(kQueryHeads);
     config.set_head_dim(kDim);
     config.set_spec("exact");
-    auto info = client_->CreateSession(config);
+    auto info = client->CreateSession(config);
     KVSKETCH_CHECK(info.ok());
     const std::vector<int64_t> shape = {kKvHeads, kContext, kDim};
     std::vector<float> k = Pseudorandom(++seed_, kKvHeads * kContext * kDim);
     std::vector<float> v = Pseudorandom(++seed_, kKvHeads * kContext * kDim);
     KVSKETCH_CHECK(
-        client_->AppendTokens(info->session_id(), 0, {shape, k}, {shape, v}, {})
+        client->AppendTokens(info->session_id(), 0, {shape, k}, {shape, v}, {})
             .ok());
     steps->clear();
     for (int i = 0; i < kVariants; ++i) {
@@ -170,6 +186,12 @@ class Rig {
     server_ = *std::move(server);
     client_ = client::AttentionClient::Connect(
         absl::StrCat("127.0.0.1:", server_->grpc_port()));
+    options.decode_inline_work_limit = 0;
+    auto pool_server = server::Server::Start(options);
+    KVSKETCH_CHECK(pool_server.ok());
+    pool_server_ = *std::move(pool_server);
+    pool_client_ = client::AttentionClient::Connect(
+        absl::StrCat("127.0.0.1:", pool_server_->grpc_port()));
 
     grpc::ServerBuilder builder;
     int port = 0;
@@ -206,6 +228,8 @@ class Rig {
 
   std::unique_ptr<server::Server> server_;
   std::unique_ptr<client::AttentionClient> client_;
+  std::unique_ptr<server::Server> pool_server_;
+  std::unique_ptr<client::AttentionClient> pool_client_;
   EchoService echo_service_;
   std::unique_ptr<grpc::Server> echo_server_;
   std::unique_ptr<NetEcho::Stub> echo_stub_;
@@ -248,19 +272,22 @@ void BM_EchoRoundTrip(benchmark::State& state) {
 
 // state.range(0) == 0: the entries carry no queries (append only), which
 // leaves out the attention compute: a diagnostic of the serving overhead.
+// state.range(1) == 0: the server with inline steps off (all on the pool).
 void BM_KvsketchDecodeRoundTrip(benchmark::State& state) {
   Rig& rig = Rig::Get();
   const bool with_queries = state.range(0) != 0;
+  client::AttentionClient* client =
+      state.range(1) != 0 ? &rig.client() : &rig.pool_client();
   std::vector<v1::DecodeRequest> steps;
-  std::string id = rig.NewSession(&steps, with_queries);
-  auto stream = rig.client().OpenDecodeStream(id);
+  std::string id = rig.NewSession(&steps, with_queries, client);
+  auto stream = client->OpenDecodeStream(id);
   int64_t i = 0;
   int64_t failed_entries = 0;
   for (auto _ : state) {
     if (i > 0 && i % kResetEvery == 0) {
       state.PauseTiming();
-      KVSKETCH_CHECK(rig.client().DeleteSession(id).ok());
-      id = rig.NewSession(&steps, with_queries);
+      KVSKETCH_CHECK(client->DeleteSession(id).ok());
+      id = rig.NewSession(&steps, with_queries, client);
       state.ResumeTiming();
     }
     v1::DecodeRequest& request = steps[i % kVariants];
@@ -277,7 +304,7 @@ void BM_KvsketchDecodeRoundTrip(benchmark::State& state) {
     failed_entries += response->results(0).code() != 0;
   }
   KVSKETCH_CHECK(stream->Finish().ok());
-  KVSKETCH_CHECK(rig.client().DeleteSession(id).ok());
+  KVSKETCH_CHECK(client->DeleteSession(id).ok());
   if (failed_entries > 0) state.SkipWithError("entries failed");
   state.counters["request_bytes"] = steps[0].ByteSizeLong();
 }
@@ -289,9 +316,11 @@ BENCHMARK(BM_EchoRoundTrip)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_KvsketchDecodeRoundTrip)
-    ->ArgName("queries")
-    ->Arg(1)
-    ->Arg(0)
+    ->ArgNames({"queries", "inline"})
+    ->Args({1, 1})
+    ->Args({0, 1})
+    ->Args({1, 0})
+    ->Args({0, 0})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
@@ -342,13 +371,21 @@ int main(int argc, char** argv) {
   const auto& r = reporter.results();
   auto echo = r.find("BM_EchoRoundTrip/callback:0/real_time");
   auto callback_echo = r.find("BM_EchoRoundTrip/callback:1/real_time");
-  auto kv = r.find("BM_KvsketchDecodeRoundTrip/queries:1/real_time");
-  auto append_only = r.find("BM_KvsketchDecodeRoundTrip/queries:0/real_time");
+  auto kv = r.find("BM_KvsketchDecodeRoundTrip/queries:1/inline:1/real_time");
+  auto append_only =
+      r.find("BM_KvsketchDecodeRoundTrip/queries:0/inline:1/real_time");
+  auto kv_pool =
+      r.find("BM_KvsketchDecodeRoundTrip/queries:1/inline:0/real_time");
   if (echo != r.end() && kv != r.end() && echo->second > 0) {
     std::printf(
         "echo %.1f us, kvsketch %.1f us per round trip: ratio kvsketch/echo "
         "= %.3f (target <= 1.3)\n",
         echo->second * 1e6, kv->second * 1e6, kv->second / echo->second);
+  }
+  if (echo != r.end() && kv_pool != r.end() && echo->second > 0) {
+    std::printf(
+        "before the inline path (all steps on the pool) %.1f us: ratio %.3f\n",
+        kv_pool->second * 1e6, kv_pool->second / echo->second);
   }
   if (echo != r.end() && callback_echo != r.end() && echo->second > 0) {
     std::printf(

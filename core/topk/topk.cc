@@ -321,6 +321,25 @@ absl::Status TopkApproximator::Query(ConstMatrixView queries,
   return QueryWithStats(queries, out, nullptr);
 }
 
+absl::Status TopkApproximator::QueryDiagnostics(
+    ConstMatrixView queries, std::vector<QueryDiagnostic>* out) const {
+  out->clear();
+  if (queries.rows == 0 && queries.cols == shape().head_dim) {
+    return absl::OkStatus();  // the support probe
+  }
+  std::vector<float> scratch(
+      static_cast<size_t>(std::max<int64_t>(queries.rows, 0)) *
+      shape().value_dim);
+  std::vector<TopkQueryStats> stats;
+  KVSKETCH_RETURN_IF_ERROR(QueryWithStats(
+      queries, {scratch.data(), queries.rows, shape().value_dim}, &stats));
+  out->reserve(stats.size());
+  for (const TopkQueryStats& st : stats) {
+    out->push_back({st.tau, st.bound, st.selected});
+  }
+  return absl::OkStatus();
+}
+
 // SaveState payload (version 1): u8 version, i64 n, keys n×d f32,
 // values n×dv f32. Block bounds and max‖v‖ are recomputed on load.
 absl::Status TopkApproximator::SaveState(ByteWriter& writer) const {

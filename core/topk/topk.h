@@ -85,6 +85,12 @@ class TopkApproximator : public Approximator {
   absl::Status QueryWithStats(ConstMatrixView queries, MatrixView out,
                               std::vector<TopkQueryStats>* stats) const;
 
+  // Approximator's hook: QueryWithStats' tau, bound and |S| per row (the
+  // output it also computes is discarded). O(n d) per row.
+  absl::Status QueryDiagnostics(
+      ConstMatrixView queries,
+      std::vector<QueryDiagnostic>* out) const override;
+
   const TopkOptions& options() const { return opt_; }
 
  private:
