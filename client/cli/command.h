@@ -83,6 +83,12 @@ int RunImport(const ParsedArgs& args);
 std::vector<OptionSpec> HealthFlags();
 int RunHealth(const ParsedArgs& args);
 
+// eval_commands.cc (in-process; no server)
+std::vector<OptionSpec> EvalFlags();
+int RunEval(const ParsedArgs& args);
+std::vector<OptionSpec> CalibrateFlags();
+int RunCalibrate(const ParsedArgs& args);
+
 }  // namespace kvsketch::client::cli
 
 #endif  // KVSKETCH_CLIENT_CLI_COMMAND_H_

@@ -27,6 +27,10 @@ const Command kCommands[] = {
      ImportFlags, 0, 0, RunImport},
     {"health", "check grpc.health.v1 (exit 0 iff SERVING)", "[options]",
      HealthFlags, 0, 0, RunHealth},
+    {"eval", "accuracy harness: run specs over a trace (in-process)",
+     "[options]", EvalFlags, 0, 0, RunEval},
+    {"calibrate", "fit top-k budgets k(n) = alpha*n^C from a trace",
+     "[options]", CalibrateFlags, 0, 0, RunCalibrate},
 };
 
 std::string TopUsage() {
@@ -34,12 +38,13 @@ std::string TopUsage() {
       "usage: kvsketch <command> [options]\n\n"
       "Client of the kvsketch streaming attention server.\n\ncommands:\n";
   for (const Command& c : kCommands) {
-    absl::StrAppend(&out, absl::StrFormat("  %-8s %s\n", c.name, c.help));
+    absl::StrAppend(&out, absl::StrFormat("  %-10s %s\n", c.name, c.help));
   }
   absl::StrAppend(&out,
-                  "\nRun 'kvsketch <command> --help' for its options. Every "
-                  "command takes --server\n(default 127.0.0.1:50051, env "
-                  "KVSKETCH_SERVER) and --timeout (default 30s).\n");
+                  "\nRun 'kvsketch <command> --help' for its options. Commands "
+                  "that talk to a server\ntake --server (default "
+                  "127.0.0.1:50051, env KVSKETCH_SERVER) and --timeout\n"
+                  "(default 30s); eval and calibrate run in-process.\n");
   return out;
 }
 
