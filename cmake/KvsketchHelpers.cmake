@@ -46,6 +46,9 @@ function(kvsketch_cc_test)
   if(NOT A_TIMEOUT)
     set(A_TIMEOUT 600)
   endif()
+  if(KVSKETCH_SANITIZE)
+    math(EXPR A_TIMEOUT "${A_TIMEOUT} * 4")  # sanitized code is 2-4x slower
+  endif()
   gtest_discover_tests(${A_NAME}
     WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
     PROPERTIES TIMEOUT ${A_TIMEOUT} LABELS "${A_LABELS}"

@@ -46,6 +46,32 @@ struct QueryDiagnostic {
   int64_t keys_selected = 0;  // |S|
 };
 
+// Running self-measurements an approximator may keep about its own accuracy
+// (all counters only grow; the server exports them as Prometheus counters).
+// An approximator never assumes its accuracy: these come from exact checks
+// on sampled queries or rows, at a cost the approximator documents.
+struct SelfMeasurements {
+  // zeta: queries whose retrieval was checked against an exact top-k scan,
+  // and the sum of their recall (fraction of the true top-k attended to).
+  int64_t recall_checks = 0;
+  double recall_sum = 0;
+  // conv: bulk fits whose output error was estimated on sampled exact rows,
+  // the sum of those relative errors, and the fits that exceeded the
+  // threshold and were answered exactly instead.
+  int64_t fit_checks = 0;
+  double fit_error_sum = 0;
+  int64_t fit_fallbacks = 0;
+
+  SelfMeasurements& operator+=(const SelfMeasurements& o) {
+    recall_checks += o.recall_checks;
+    recall_sum += o.recall_sum;
+    fit_checks += o.fit_checks;
+    fit_error_sum += o.fit_error_sum;
+    fit_fallbacks += o.fit_fallbacks;
+    return *this;
+  }
+};
+
 class Approximator {
  public:
   virtual ~Approximator() = default;
@@ -99,6 +125,11 @@ class Approximator {
   // anything. Implementations answer zero rows with OK.
   virtual absl::Status QueryDiagnostics(
       ConstMatrixView queries, std::vector<QueryDiagnostic>* out) const;
+
+  // Self-measurements so far (see SelfMeasurements). Default: all zero.
+  // Not part of the saved state. Safe to call concurrently with const calls
+  // (implementations that update counters from const methods use atomics).
+  virtual SelfMeasurements Measurements() const { return {}; }
 
   // Serialises the state (not the spec or shape, which the caller stores).
   virtual absl::Status SaveState(ByteWriter& writer) const = 0;

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/conv/conv.h"
 #include "core/evict/evict.h"
 #include "core/exact/exact.h"
 #include "core/registry_internal.h"
@@ -18,6 +19,7 @@
 #include "core/spec.h"
 #include "core/status_macros.h"
 #include "core/topk/topk.h"
+#include "core/zeta/zeta.h"
 
 namespace kvsketch {
 namespace {
@@ -184,10 +186,8 @@ void SpecParams::Set(absl::string_view name, ParamType type,
 const std::vector<KindDef>& RegisteredKinds() {
   // The table. One line per kind, in the order --help lists them.
   static const std::vector<KindDef>* const kinds = new std::vector<KindDef>{
-      ExactKindDef(),
-      SketchKindDef(),
-      TopkKindDef(),
-      EvictKindDef(),
+      ExactKindDef(), SketchKindDef(), TopkKindDef(),
+      EvictKindDef(), ZetaKindDef(),   ConvKindDef(),
   };
   return *kinds;
 }

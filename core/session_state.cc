@@ -150,6 +150,16 @@ int64_t SessionState::LayerMemoryBytes(int layer) const {
   return total;
 }
 
+SelfMeasurements SessionState::LayerMeasurements(int layer) const {
+  KVSKETCH_CHECK(layer >= 0 && layer < config_.num_layers);
+  SelfMeasurements total;
+  for (int h = 0; h < config_.num_kv_heads; ++h) {
+    total += heads_[static_cast<size_t>(layer) * config_.num_kv_heads + h]
+                 ->Measurements();
+  }
+  return total;
+}
+
 namespace {
 
 absl::Status CheckSize(absl::string_view op, absl::string_view field,
@@ -269,6 +279,12 @@ absl::Status SessionState::Step(int layer, int64_t num_new_tokens,
       if (t > 0) s = head.Append(k, v);
     } else if (t == 0) {
       s = head.Attend(q, o);
+    } else if (t == 1) {
+      // A decode step: the query row attends to everything including the
+      // one new token, which is Append then Attend. Skips the bulk path's
+      // gathers and scratch allocations, which dominate at T = 1.
+      s = head.Append(k, v);
+      if (s.ok()) s = head.Attend(q, o);
     } else {
       s = head.Prefill(q, g, k, v, o);
     }

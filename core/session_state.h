@@ -75,6 +75,9 @@ class SessionState {
   int64_t MemoryBytes() const;
   // Sum of MemoryBytes() over the heads of one layer (the server attributes
   // state bytes to each layer's approximator kind). REQUIRES: layer in range.
+  // SelfMeasurements summed over the KV heads of one layer.
+  // REQUIRES: 0 <= layer < num_layers.
+  SelfMeasurements LayerMeasurements(int layer) const;
   int64_t LayerMemoryBytes(int layer) const;
 
   // Appends T tokens to one layer. The spans hold exactly

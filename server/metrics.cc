@@ -180,6 +180,39 @@ Metrics::Metrics(int64_t memory_budget_bytes)
                            "approximator, per diagnosed query row (requests "
                            "with want_diagnostics only).")
                        .Register(*registry_);
+  recall_checks_ = &BuildCounter()
+                        .Name("kvsketch_sampled_recall_checks_total")
+                        .Help(
+                            "Queries whose retrieval an approximator checked "
+                            "against an exact top-k scan (zeta's "
+                            "recall_sample), by approximator kind.")
+                        .Register(*registry_);
+  recall_sum_ = &BuildCounter()
+                     .Name("kvsketch_sampled_recall_total")
+                     .Help(
+                         "Sum of the measured recall of the true top-k over "
+                         "the checked queries; mean recall = rate of this / "
+                         "rate of kvsketch_sampled_recall_checks_total.")
+                     .Register(*registry_);
+  fit_checks_ = &BuildCounter()
+                     .Name("kvsketch_fit_checks_total")
+                     .Help(
+                         "Bulk fits (conv Prefill) whose output error was "
+                         "estimated on sampled exact rows.")
+                     .Register(*registry_);
+  fit_error_sum_ = &BuildCounter()
+                        .Name("kvsketch_fit_error_total")
+                        .Help(
+                            "Sum of the sampled relative output errors of "
+                            "the checked fits; mean = rate of this / rate of "
+                            "kvsketch_fit_checks_total.")
+                        .Register(*registry_);
+  fit_fallbacks_ = &BuildCounter()
+                        .Name("kvsketch_fit_fallbacks_total")
+                        .Help(
+                            "Fits whose sampled error exceeded the threshold "
+                            "and were answered exactly instead.")
+                        .Register(*registry_);
   state_bytes_ = &BuildGauge()
                       .Name("kvsketch_state_bytes")
                       .Help(
@@ -248,6 +281,25 @@ void Metrics::DroppedMass(absl::string_view approximator, double tau) {
       1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0};
   dropped_mass_->Add({{"approximator", std::string(approximator)}}, kBuckets)
       .Observe(tau);
+}
+
+void Metrics::SelfMeasured(absl::string_view approximator,
+                           const SelfMeasurements& delta) {
+  const prometheus::Labels labels = {
+      {"approximator", std::string(approximator)}};
+  if (delta.recall_checks > 0) {
+    recall_checks_->Add(labels).Increment(
+        static_cast<double>(delta.recall_checks));
+    recall_sum_->Add(labels).Increment(delta.recall_sum);
+  }
+  if (delta.fit_checks > 0) {
+    fit_checks_->Add(labels).Increment(static_cast<double>(delta.fit_checks));
+    fit_error_sum_->Add(labels).Increment(delta.fit_error_sum);
+  }
+  if (delta.fit_fallbacks > 0) {
+    fit_fallbacks_->Add(labels).Increment(
+        static_cast<double>(delta.fit_fallbacks));
+  }
 }
 
 void Metrics::RpcFinished(absl::string_view method, int code, double seconds) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "core/approximator.h"
 #include "prometheus/collectable.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
@@ -69,6 +70,13 @@ class Metrics {
   void DecodeStep();
   // kvsketch_topk_dropped_mass{approximator}: tau of one diagnosed query row.
   void DroppedMass(absl::string_view approximator, double tau);
+  // The approximators' own sampled accuracy checks (SelfMeasurements in
+  // core/approximator.h), as increments: kvsketch_sampled_recall_checks_total
+  // and kvsketch_sampled_recall_total (sum of recall, so the mean is their
+  // rate ratio), kvsketch_fit_checks_total, kvsketch_fit_error_total and
+  // kvsketch_fit_fallbacks_total, all by approximator kind.
+  void SelfMeasured(absl::string_view approximator,
+                    const SelfMeasurements& delta);
 
   // The registry (for an HTTP Exposer) and the process collector.
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
@@ -95,6 +103,11 @@ class Metrics {
   prometheus::Family<prometheus::Counter>* rpc_errors_;
   prometheus::Counter* decode_steps_;
   prometheus::Family<prometheus::Histogram>* dropped_mass_;
+  prometheus::Family<prometheus::Counter>* recall_checks_;
+  prometheus::Family<prometheus::Counter>* recall_sum_;
+  prometheus::Family<prometheus::Counter>* fit_checks_;
+  prometheus::Family<prometheus::Counter>* fit_error_sum_;
+  prometheus::Family<prometheus::Counter>* fit_fallbacks_;
 };
 
 }  // namespace kvsketch::server

@@ -38,6 +38,7 @@ Session::Session(std::string id, std::unique_ptr<SessionState> state,
       state_(std::move(state)) {
   absl::MutexLock l(&mu_);
   charged_bytes_.assign(config_.num_layers, 0);
+  reported_.assign(config_.num_layers, SelfMeasurements{});
   for (int layer = 0; layer < config_.num_layers; ++layer) Recharge(layer);
 }
 
@@ -67,6 +68,22 @@ void Session::Recharge(int layer) {
   charged_bytes_[layer] = now;
   budget_->Adjust(delta);
   metrics_->AddStateBytes(kinds_[layer], delta);
+}
+
+void Session::ReportMeasurements(int layer) {
+  const SelfMeasurements now = state_->LayerMeasurements(layer);
+  SelfMeasurements& seen = reported_[layer];
+  const SelfMeasurements delta{
+      .recall_checks = now.recall_checks - seen.recall_checks,
+      .recall_sum = now.recall_sum - seen.recall_sum,
+      .fit_checks = now.fit_checks - seen.fit_checks,
+      .fit_error_sum = now.fit_error_sum - seen.fit_error_sum,
+      .fit_fallbacks = now.fit_fallbacks - seen.fit_fallbacks};
+  if (delta.recall_checks > 0 || delta.fit_checks > 0 ||
+      delta.fit_fallbacks > 0) {
+    metrics_->SelfMeasured(kinds_[layer], delta);
+    seen = now;
+  }
 }
 
 int64_t Session::GrowthEstimate(int64_t num_new_tokens, int layers) const {
@@ -148,6 +165,7 @@ absl::Status Session::StepLocked(int layer, int64_t num_new_tokens,
   budget_->Adjust(-estimate);
   Recharge(layer);
   if (!status.ok()) return status;
+  ReportMeasurements(layer);
   metrics_->AttendCompute(kinds_[layer], seconds);
   metrics_->TokensAppended(kinds_[layer], num_new_tokens);
   metrics_->QueriesAnswered(kinds_[layer],

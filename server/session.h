@@ -118,6 +118,9 @@ class Session {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Re-measures a layer and moves budget and gauge by the difference.
   void Recharge(int layer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Exports what the layer's approximators measured about themselves since
+  // the last call (counter increments).
+  void ReportMeasurements(int layer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string id_;
   const SessionConfig config_;
@@ -130,6 +133,8 @@ class Session {
   mutable absl::Mutex mu_;
   std::unique_ptr<SessionState> state_ ABSL_GUARDED_BY(mu_);
   std::vector<int64_t> charged_bytes_ ABSL_GUARDED_BY(mu_);  // per layer
+  // Per layer: the SelfMeasurements already exported to the metrics.
+  std::vector<SelfMeasurements> reported_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 

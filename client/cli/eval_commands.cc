@@ -137,6 +137,18 @@ std::vector<OptionSpec> EvalFlags() {
                .default_value = "0",
                .help = "unscored Attend rows per trace, spread over the stream "
                        "(feeds query-driven policies such as evict)"});
+  o.push_back({.name = "path",
+               .value_name = "P",
+               .default_value = "auto",
+               .help = "stream (Append + Attend per query: the decode path), "
+                       "prefill (Prefill in chunks: the bulk path; needs a "
+                       "query per position: a --trace, or a planted "
+                       "--synthetic kind), or auto (prefill for --trace, "
+                       "stream for --synthetic)"});
+  o.push_back({.name = "chunk",
+               .value_name = "N",
+               .default_value = "0",
+               .help = "prefill path: tokens per Prefill call (0 = all)"});
   o.push_back({.name = "out",
                .value_name = "DIR",
                .help = "write eval.md, eval.csv, eval.json, eval_error.svg, "
@@ -172,6 +184,29 @@ int RunEval(const ParsedArgs& args) {
   auto warm = args.GetInt("warm");
   if (!warm.ok()) return UsageError(warm.status().message());
   if (*warm < 0) return UsageError("--warm must be >= 0");
+  eval::EvalOptions options;
+  const std::string path = args.Get("path");
+  if (path == "prefill" || (path == "auto" && !c.trace_dir.empty())) {
+    options.path = eval::EvalPath::kPrefill;
+  } else if (path != "stream" && path != "auto") {
+    return UsageError(absl::StrCat("--path: '", path,
+                                   "' is not one of stream, prefill, auto"));
+  }
+  const bool prefill = options.path == eval::EvalPath::kPrefill;
+  if (prefill && c.trace_dir.empty() && c.synthetic == "gaussian") {
+    return UsageError(
+        "--path prefill needs a query at every position: use a planted "
+        "--synthetic kind (sinks, window, needles, planted) or --trace");
+  }
+  if (prefill && *warm > 0) {
+    return UsageError(
+        "--warm applies to the stream path only (the prefill "
+        "path computes every row)");
+  }
+  auto chunk = args.GetInt("chunk");
+  if (!chunk.ok()) return UsageError(chunk.status().message());
+  if (*chunk < 0) return UsageError("--chunk must be >= 0");
+  options.chunk = *chunk;
   const std::string out_dir = args.Get("out");
   if (!out_dir.empty()) {
     std::error_code ec;
@@ -188,16 +223,20 @@ int RunEval(const ParsedArgs& args) {
     absl::StatusOr<eval::Trace> trace =
         c.trace_dir.empty()
             ? eval::MakeSyntheticTrace(c.synthetic, ns[i], c.d, c.queries,
-                                       c.seed, c.c0, *warm)
+                                       c.seed, c.c0, *warm, prefill)
             : eval::LoadTraceDir(c.trace_dir);
     if (!trace.ok()) return Failure(trace.status());
-    eval::SubsampleQueries(&*trace, c.queries, *warm);
+    if (prefill) {
+      eval::MarkScoredQueries(&*trace, c.queries);
+    } else {
+      eval::SubsampleQueries(&*trace, c.queries, *warm);
+    }
     auto progress = [&](const std::string& what) {
       if (!quiet)
         std::cerr << "\r\033[K[" << (i + 1) << "/" << runs << "] " << what
                   << std::flush;
     };
-    auto r = eval::RunEval(*trace, specs, progress);
+    auto r = eval::RunEval(*trace, specs, options, progress);
     if (!quiet) std::cerr << "\r\033[K" << std::flush;
     if (!r.ok()) return Failure(r.status());
     rows.insert(rows.end(), r->begin(), r->end());

@@ -42,6 +42,23 @@ std::string Needle(double r) {
   return r < 0 ? "–" : absl::StrFormat("%.0f%%", 100 * r);
 }
 
+// The approximators' own sampled checks, or "–".
+std::string SelfCheck(const EvalRow& r) {
+  std::string o;
+  if (r.self_recall_mean >= 0) {
+    o = absl::StrFormat("recall %.3f", r.self_recall_mean);
+  }
+  if (r.self_fit_error_mean >= 0) {
+    absl::StrAppend(&o, o.empty() ? "" : ", ",
+                    absl::StrFormat("fit err %.2e", r.self_fit_error_mean));
+  }
+  if (r.self_fit_fallbacks > 0) {
+    absl::StrAppend(&o, o.empty() ? "" : ", ", r.self_fit_fallbacks,
+                    " exact fallbacks");
+  }
+  return o.empty() ? "–" : o;
+}
+
 std::string SeriesName(const EvalRow& r, bool with_trace) {
   return with_trace ? absl::StrCat(r.label, " [", r.trace, "]") : r.label;
 }
@@ -71,19 +88,21 @@ std::string Plot(absl::Span<const EvalRow> rows, bool memory) {
 
 std::string FormatMarkdown(absl::Span<const EvalRow> rows) {
   std::string o =
-      "| trace | spec | n | rows | rel L2 mean | rel L2 max | cos mean | "
-      "cos min | needles | state | bytes/token | append µs/tok | "
-      "query µs/row |\n"
-      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+      "| trace | path | spec | n | rows | rel L2 mean | rel L2 max | cos mean "
+      "| cos min | needles | state | bytes/token | append µs/tok | "
+      "query µs/row | prefill µs/tok | self-check |\n"
+      "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+      "---:|---|\n";
   for (const EvalRow& r : rows) {
     absl::StrAppend(
-        &o, absl::StrFormat(
-                "| %s | `%s` | %d | %d | %.2e | %.2e | %.5f | %.5f | %s | %s | "
-                "%.1f | %.3f | %.1f |\n",
-                r.trace, r.label, r.n, r.query_rows, r.rel_l2_mean,
-                r.rel_l2_max, r.cosine_mean, r.cosine_min,
-                Needle(r.needle_rate), HumanBytes(r.state_bytes),
-                r.bytes_per_token, r.append_us_per_token, r.query_us_per_row));
+        &o,
+        absl::StrFormat(
+            "| %s | %s | `%s` | %d | %d | %.2e | %.2e | %.5f | %.5f | %s | "
+            "%s | %.1f | %.3f | %.1f | %.3f | %s |\n",
+            r.trace, r.path, r.label, r.n, r.query_rows, r.rel_l2_mean,
+            r.rel_l2_max, r.cosine_mean, r.cosine_min, Needle(r.needle_rate),
+            HumanBytes(r.state_bytes), r.bytes_per_token, r.append_us_per_token,
+            r.query_us_per_row, r.prefill_us_per_token, SelfCheck(r)));
   }
   return o;
 }
@@ -99,15 +118,27 @@ std::string MarkdownLegend() {
          "the needle keys; exact's value is the ceiling for the trace.\n"
          "- **state**: sum of MemoryBytes() over heads after all n tokens; "
          "bytes/token = state / n.\n"
+         "- **path**: `stream` appends up to each query and calls Attend (the "
+         "decode path); `prefill` sends the trace through Prefill in chunks "
+         "(the bulk path).\n"
          "- **append us/tok**: Append wall time per token per head; **query "
-         "us/row**: Attend wall time per scored row.\n";
+         "us/row**: Attend wall time per scored row; **prefill us/tok**: "
+         "Prefill wall time per token per head (all query rows computed).\n"
+         "- **self-check**: what the approximators measured about themselves "
+         "on sampled exact checks (zeta: recall of the true top-k; conv: fit "
+         "error on sampled rows, and heads answered exactly after a bad "
+         "fit).\n";
 }
 
 std::string FormatCsv(absl::Span<const EvalRow> rows) {
   std::string o =
-      "trace,label,spec,n,query_rows,rel_l2_mean,rel_l2_max,cosine_mean,"
+      "trace,path,label,spec,n,query_rows,rel_l2_mean,rel_l2_max,cosine_mean,"
       "cosine_min,needle_rate,state_bytes,bytes_per_token,append_us_per_token,"
-      "query_us_per_row\n";
+      "query_us_per_row,prefill_us_per_token,self_recall_mean,"
+      "self_fit_error_mean,self_fit_fallbacks\n";
+  const auto optional_number = [](double x) {
+    return x < 0 ? std::string() : absl::StrFormat("%.6g", x);
+  };
   const auto quote = [](const std::string& s) {
     std::string q = "\"";
     for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
@@ -115,16 +146,18 @@ std::string FormatCsv(absl::Span<const EvalRow> rows) {
   };
   for (const EvalRow& r : rows) {
     absl::StrAppend(
-        &o, absl::StrFormat("%s,%s,%s,%d,%d,%.6g,%.6g,%.8g,%.8g,%s,%d,%.6g,"
-                            "%.6g,%.6g\n",
-                            quote(r.trace), quote(r.label), quote(r.spec), r.n,
-                            r.query_rows, r.rel_l2_mean, r.rel_l2_max,
-                            r.cosine_mean, r.cosine_min,
-                            r.needle_rate < 0
-                                ? std::string()
-                                : absl::StrFormat("%.6g", r.needle_rate),
-                            r.state_bytes, r.bytes_per_token,
-                            r.append_us_per_token, r.query_us_per_row));
+        &o, absl::StrFormat(
+                "%s,%s,%s,%s,%d,%d,%.6g,%.6g,%.8g,%.8g,%s,%d,%.6g,"
+                "%.6g,%.6g,%.6g,%s,%s,%d\n",
+                quote(r.trace), r.path, quote(r.label), quote(r.spec), r.n,
+                r.query_rows, r.rel_l2_mean, r.rel_l2_max, r.cosine_mean,
+                r.cosine_min,
+                r.needle_rate < 0 ? std::string()
+                                  : absl::StrFormat("%.6g", r.needle_rate),
+                r.state_bytes, r.bytes_per_token, r.append_us_per_token,
+                r.query_us_per_row, r.prefill_us_per_token,
+                optional_number(r.self_recall_mean),
+                optional_number(r.self_fit_error_mean), r.self_fit_fallbacks));
   }
   return o;
 }
@@ -146,7 +179,13 @@ std::string FormatJson(absl::Span<const EvalRow> rows) {
         ", \"state_bytes\": ", r.state_bytes,
         ", \"bytes_per_token\": ", JsonNumber(r.bytes_per_token),
         ", \"append_us_per_token\": ", JsonNumber(r.append_us_per_token),
-        ", \"query_us_per_row\": ", JsonNumber(r.query_us_per_row), "}");
+        ", \"query_us_per_row\": ", JsonNumber(r.query_us_per_row),
+        ", \"prefill_us_per_token\": ", JsonNumber(r.prefill_us_per_token),
+        ", \"self_recall_mean\": ",
+        r.self_recall_mean < 0 ? "null" : JsonNumber(r.self_recall_mean),
+        ", \"self_fit_error_mean\": ",
+        r.self_fit_error_mean < 0 ? "null" : JsonNumber(r.self_fit_error_mean),
+        ", \"self_fit_fallbacks\": ", r.self_fit_fallbacks, "}");
   }
   absl::StrAppend(&o, rows.empty() ? "]\n}\n" : "\n  ]\n}\n");
   return o;

@@ -140,6 +140,19 @@ void SubsampleQueries(Trace* t, int64_t m, int64_t warm) {
   t->scored = std::move(scored);
 }
 
+void MarkScoredQueries(Trace* t, int64_t m) {
+  std::vector<int64_t> scored_rows;
+  for (int64_t i = 0; i < t->m(); ++i) {
+    if (t->is_scored(i)) scored_rows.push_back(i);
+  }
+  const int64_t have = static_cast<int64_t>(scored_rows.size());
+  if (m <= 0 || have <= m) return;
+  std::vector<uint8_t> scored(t->m(), 0);
+  for (int64_t i = 0; i < m; ++i)
+    scored[scored_rows[(i + 1) * have / m - 1]] = 1;
+  t->scored = std::move(scored);
+}
+
 const std::vector<std::string>& SyntheticKinds() {
   static const auto* kinds = new std::vector<std::string>{
       "gaussian", "sinks", "window", "needles", "planted"};
@@ -148,7 +161,7 @@ const std::vector<std::string>& SyntheticKinds() {
 
 absl::StatusOr<Trace> MakeSyntheticTrace(absl::string_view kind, int64_t n,
                                          int d, int64_t m, uint64_t seed,
-                                         double c0, int64_t warm) {
+                                         double c0, int64_t warm, bool dense) {
   KVSKETCH_RETURN_IF_ERROR(CheckInt(n, "n"));
   KVSKETCH_RETURN_IF_ERROR(CheckInt(d, "d"));
   KVSKETCH_RETURN_IF_ERROR(CheckInt(m, "queries"));
@@ -158,6 +171,11 @@ absl::StatusOr<Trace> MakeSyntheticTrace(absl::string_view kind, int64_t n,
     return absl::InvalidArgumentError(
         absl::StrCat("unknown synthetic generator '", kind,
                      "'; valid: ", absl::StrJoin(kinds, ", ")));
+  }
+  if (dense && kind == "gaussian") {
+    return absl::InvalidArgumentError(
+        "the gaussian generator has no per-position queries (all sit at "
+        "n-1): a dense trace needs a planted kind");
   }
   Trace t;
   t.name = std::string(kind);
@@ -192,6 +210,9 @@ absl::StatusOr<Trace> MakeSyntheticTrace(absl::string_view kind, int64_t n,
     for (int64_t i = 0; i < std::max<int64_t>(warm, 0); ++i) {
       const int64_t p = (i + 1) * n / (warm + 1) - 1;
       if (p >= 0 && flag[p] == 0) flag[p] = 1;
+    }
+    if (dense) {
+      for (uint8_t& f : flag) f = f == 2 ? 2 : 1;
     }
     for (int64_t p = 0; p < n; ++p) {
       if (flag[p] == 0) continue;

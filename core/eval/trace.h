@@ -66,6 +66,11 @@ absl::Status SaveTraceDir(const Trace& trace, const std::string& dir);
 // the rest. No-op if the trace has at most m + warm rows (all scored).
 void SubsampleQueries(Trace* trace, int64_t m, int64_t warm = 0);
 
+// Keeps every query row (the prefill path needs them all) and leaves m of the
+// scored rows scored, evenly spaced over them with the last one kept; the
+// others become unscored. No-op if at most m rows are scored.
+void MarkScoredQueries(Trace* trace, int64_t m);
+
 // The generator names MakeSyntheticTrace accepts.
 const std::vector<std::string>& SyntheticKinds();
 
@@ -77,10 +82,15 @@ const std::vector<std::string>& SyntheticKinds();
 // For the planted kinds the m query rows are spread evenly over the second
 // half of the stream (after every needle), the last at n-1, and `warm`
 // unscored rows are spread evenly over the whole stream (gaussian: ignored).
-// InvalidArgument for an unknown kind (listing the valid ones) or bad sizes.
+// With dense = true (planted kinds only) every position keeps its query row,
+// the m rows above are the scored ones and `warm` is ignored: a trace for the
+// prefill path.
+// InvalidArgument for an unknown kind (listing the valid ones), bad sizes or
+// dense with gaussian (whose queries all sit at n-1).
 absl::StatusOr<Trace> MakeSyntheticTrace(absl::string_view kind, int64_t n,
                                          int d, int64_t m, uint64_t seed,
-                                         double c0 = 0.5, int64_t warm = 0);
+                                         double c0 = 0.5, int64_t warm = 0,
+                                         bool dense = false);
 
 }  // namespace kvsketch::eval
 

@@ -75,9 +75,9 @@ TEST(EvalCliTest, SyntheticRunWritesEveryOutput) {
            "--queries", "4", "--specs", "exact; topk:k=32 ;evict:budget=96",
            "--out", dir, "--quiet"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_THAT(r.out, HasSubstr("| trace | spec | n |"));
-  EXPECT_THAT(r.out, HasSubstr("| planted | `exact` | 1024 | 4 |"));
-  EXPECT_THAT(r.out, HasSubstr("| planted | `topk:k=32` | 512 |"));
+  EXPECT_THAT(r.out, HasSubstr("| trace | path | spec | n |"));
+  EXPECT_THAT(r.out, HasSubstr("| planted | stream | `exact` | 1024 | 4 |"));
+  EXPECT_THAT(r.out, HasSubstr("| planted | stream | `topk:k=32` | 512 |"));
   EXPECT_EQ(r.err, "");  // --quiet
   const std::string md = Slurp(dir + "/eval.md");
   EXPECT_EQ(md.substr(0, r.out.size()), r.out);
@@ -86,21 +86,23 @@ TEST(EvalCliTest, SyntheticRunWritesEveryOutput) {
   const std::vector<std::string> csv = Lines(Slurp(dir + "/eval.csv"));
   ASSERT_EQ(csv.size(), 7u);  // header + 3 specs × 2 lengths
   const std::vector<std::string> header = CsvFields(csv[0]);
-  ASSERT_EQ(header.size(), 14u);
-  EXPECT_EQ(header[5], "rel_l2_mean");
+  ASSERT_EQ(header.size(), 19u);
+  EXPECT_EQ(header[1], "path");
+  EXPECT_EQ(header[6], "rel_l2_mean");
   for (size_t i = 1; i < csv.size(); ++i) {
     const std::vector<std::string> f = CsvFields(csv[i]);
-    ASSERT_EQ(f.size(), 14u) << csv[i];
+    ASSERT_EQ(f.size(), 19u) << csv[i];
     EXPECT_EQ(f[0], "planted");
-    const double rel = std::stod(f[5]);
-    const double needles = std::stod(f[9]);
+    EXPECT_EQ(f[1], "stream");
+    const double rel = std::stod(f[6]);
+    const double needles = std::stod(f[10]);
     EXPECT_GE(needles, 0);
     EXPECT_LE(needles, 1);
-    if (f[1] == "exact") {
-      EXPECT_EQ(f[2], "exact:store=f32");
+    if (f[2] == "exact") {
+      EXPECT_EQ(f[3], "exact:store=f32");
       EXPECT_LT(rel, 1e-5);
     }
-    EXPECT_GT(std::stoll(f[10]), 0);  // state bytes
+    EXPECT_GT(std::stoll(f[11]), 0);  // state bytes
   }
   const std::string json = Slurp(dir + "/eval.json");
   EXPECT_EQ(Count(json, "\"spec\":"), 6);
@@ -130,9 +132,18 @@ TEST(EvalCliTest, TraceDirEvalAndCalibrate) {
   ProcessResult r = Cli({"eval", "--trace", dir, "--specs", "exact",
                          "--queries", "5", "--quiet"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  // Rows scored: layers × query heads × queries.
-  EXPECT_THAT(r.out, HasSubstr("`exact` | 40 | 40 |"));
+  // A trace directory takes the prefill path by default. Rows scored:
+  // layers × query heads × queries.
+  EXPECT_THAT(r.out, HasSubstr("| prefill | `exact` | 40 | 40 |"));
   EXPECT_THAT(r.out, HasSubstr("dir:" + dir));
+  r = Cli({"eval", "--trace", dir, "--specs", "exact", "--queries", "5",
+           "--path", "stream", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("| stream | `exact` | 40 | 40 |"));
+  r = Cli({"eval", "--trace", dir, "--specs", "exact", "--queries", "5",
+           "--chunk", "7", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("| prefill | `exact` | 40 | 40 |"));
 
   r = Cli({"calibrate", "--trace", dir, "--prefixes", "10,20,40", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -173,6 +184,26 @@ TEST(EvalCliTest, ErrorsAndHelp) {
   r = Cli({"eval", "--warm", "-1"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--warm"));
+  r = Cli({"eval", "--path", "sideways"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--path"));
+  r = Cli({"eval", "--path", "prefill", "--synthetic", "gaussian"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("planted"));
+  r = Cli(
+      {"eval", "--path", "prefill", "--synthetic", "planted", "--warm", "4"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--warm"));
+  r = Cli(
+      {"eval", "--chunk", "-2", "--path", "prefill", "--synthetic", "sinks"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--chunk"));
+  // A planted synthetic trace through the prefill path, in chunks.
+  r = Cli({"eval", "--path", "prefill", "--synthetic", "planted", "--n", "600",
+           "--d", "8", "--queries", "3", "--chunk", "128", "--specs", "exact",
+           "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("| planted | prefill | `exact` | 600 | 3 |"));
   r = Cli({"calibrate", "--tau", "1.5"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--tau"));

@@ -248,6 +248,79 @@ TEST(HarnessTest, UnknownSpecIsInvalidArgument) {
   EXPECT_THAT(rows.status().message(), HasSubstr("nosuch"));
 }
 
+TEST(HarnessTest, PrefillPathMatchesStreamPathOnDenseTrace) {
+  // Every position has a query; score 7 rows. Both paths compute the same
+  // attention (exact), so their errors against the reference are tiny and
+  // they score the same rows.
+  Trace t = RandomTrace(300, 8, 6);
+  ASSERT_TRUE(IsDenseTrace(t));
+  MarkScoredQueries(&t, 7);
+  EXPECT_EQ(t.m(), 300);  // all rows kept
+  int64_t scored = 0;
+  for (int64_t i = 0; i < t.m(); ++i) scored += t.is_scored(i);
+  EXPECT_EQ(scored, 7);
+  EXPECT_TRUE(t.is_scored(299));
+  const std::vector<std::string> specs = {"exact", "exact:store=bf16"};
+  auto stream = RunEval(t, specs, {EvalPath::kStream, 0});
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  for (int64_t chunk : {0, 1, 64, 299}) {
+    SCOPED_TRACE(chunk);
+    auto prefill = RunEval(t, specs, {EvalPath::kPrefill, chunk});
+    ASSERT_TRUE(prefill.ok()) << prefill.status();
+    ASSERT_EQ(prefill->size(), 2u);
+    const EvalRow& p = (*prefill)[0];
+    EXPECT_EQ(p.path, "prefill");
+    EXPECT_EQ(p.query_rows, 2 * 4 * 7);
+    EXPECT_EQ(p.query_rows, (*stream)[0].query_rows);
+    EXPECT_LT(p.rel_l2_max, 1e-5);
+    EXPECT_GT(p.prefill_us_per_token, 0);
+    EXPECT_EQ(p.append_us_per_token, 0);
+    EXPECT_EQ(p.state_bytes, (*stream)[0].state_bytes);
+    // bf16 storage error is the same whichever path computes it.
+    EXPECT_NEAR((*prefill)[1].rel_l2_mean, (*stream)[1].rel_l2_mean,
+                0.05 * (*stream)[1].rel_l2_mean + 1e-6);
+    EXPECT_GT((*prefill)[1].rel_l2_mean, 1e-4);
+  }
+  EXPECT_EQ((*stream)[0].path, "stream");
+}
+
+TEST(HarnessTest, PrefillPathNeedsDenseTraceAndValidChunk) {
+  Trace t = RandomTrace(64, 4, 4);
+  SubsampleQueries(&t, 5);
+  ASSERT_FALSE(IsDenseTrace(t));
+  const std::vector<std::string> specs = {"exact"};
+  auto rows = RunEval(t, specs, {EvalPath::kPrefill, 0});
+  ASSERT_FALSE(rows.ok());
+  EXPECT_EQ(rows.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(rows.status().message(), HasSubstr("dense"));
+  Trace dense = RandomTrace(16, 4, 4);
+  auto bad_chunk = RunEval(dense, specs, {EvalPath::kPrefill, -1});
+  EXPECT_EQ(bad_chunk.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(TraceTest, DenseSyntheticTraceKeepsEveryQuery) {
+  auto t = MakeSyntheticTrace("planted", 512, 8, 4, 1, 0.5, 0, true);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_TRUE(IsDenseTrace(*t));
+  int64_t scored = 0;
+  for (int64_t i = 0; i < t->m(); ++i) scored += t->is_scored(i);
+  EXPECT_EQ(scored, 4);
+  EXPECT_TRUE(t->is_scored(511));
+  // Same planted data as the sparse trace: the scored rows agree.
+  auto sparse = MakeSyntheticTrace("planted", 512, 8, 4, 1);
+  ASSERT_TRUE(sparse.ok());
+  int64_t j = 0;
+  for (int64_t i = 0; i < t->m(); ++i) {
+    if (!t->is_scored(i)) continue;
+    ASSERT_LT(j, sparse->m());
+    EXPECT_EQ(sparse->query_pos[j], i);
+    EXPECT_EQ(t->q[i * 8], sparse->q[j * 8]);
+    ++j;
+  }
+  auto g = MakeSyntheticTrace("gaussian", 64, 8, 4, 1, 0.5, 0, true);
+  EXPECT_EQ(g.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(CalibrateTest, SmallestKForMassHandCases) {
   // Equal logits: k = ceil((1 - tau) n).
   const float q[] = {0, 0};
@@ -368,14 +441,21 @@ TEST(ReportTest, CsvJsonMarkdownCarryEveryRow) {
   a.state_bytes = 2048;
   a.bytes_per_token = 2;
   a.needle_rate = 0.75;
+  a.path = "stream";
   EvalRow b = a;
   b.label = "topk:c=0.5";
   b.needle_rate = -1;
+  b.path = "prefill";
+  b.self_recall_mean = 0.925;
+  b.self_fit_error_mean = 0.0125;
+  b.self_fit_fallbacks = 3;
   const std::vector<EvalRow> rows = {a, b};
   const std::string csv = FormatCsv(rows);
   EXPECT_EQ(Count(csv, "\n"), 3);
-  EXPECT_THAT(csv, HasSubstr("\"planted\",\"exact\",\"exact:store=f32\",1024,8,"
-                             "1.5e-07"));
+  EXPECT_THAT(csv, HasSubstr("\"planted\",stream,\"exact\",\"exact:store=f32\","
+                             "1024,8,1.5e-07"));
+  EXPECT_THAT(csv, HasSubstr(",0.925,0.0125,3\n"));  // b's self-checks
+  EXPECT_THAT(csv, HasSubstr(",,,0\n"));             // a has none
   EXPECT_THAT(csv, HasSubstr(",0.75,2048,"));
   EXPECT_THAT(csv, HasSubstr(",,2048,"));  // no needles: empty cell
   const std::string json = FormatJson(rows);
@@ -383,9 +463,14 @@ TEST(ReportTest, CsvJsonMarkdownCarryEveryRow) {
   EXPECT_EQ(Count(json, "\"spec\""), 2);
   EXPECT_THAT(json, HasSubstr("\"needle_rate\": null"));
   EXPECT_THAT(json, HasSubstr("\"needle_rate\": 0.75"));
+  EXPECT_THAT(json, HasSubstr("\"self_recall_mean\": 0.925"));
+  EXPECT_THAT(json, HasSubstr("\"self_recall_mean\": null"));
+  EXPECT_EQ(Count(json, "\"query_rows\""), 2);
   const std::string md = FormatMarkdown(rows);
   EXPECT_EQ(Count(md, "\n"), 4);
-  EXPECT_THAT(md, HasSubstr("| planted | `topk:c=0.5` | 1024 |"));
+  EXPECT_THAT(md, HasSubstr("| planted | prefill | `topk:c=0.5` | 1024 |"));
+  EXPECT_THAT(md, HasSubstr("| recall 0.925, fit err 1.25e-02, 3 exact "
+                            "fallbacks |"));
   EXPECT_THAT(md, HasSubstr("| 75% |"));
   EXPECT_THAT(md, HasSubstr("2.0 KiB"));
   const std::string svg = ErrorPlotSvg(rows);
