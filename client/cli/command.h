@@ -89,6 +89,10 @@ int RunEval(const ParsedArgs& args);
 std::vector<OptionSpec> CalibrateFlags();
 int RunCalibrate(const ParsedArgs& args);
 
+// llama_commands.cc (a llama2.c model decoding through kvsketch)
+std::vector<OptionSpec> LlamaFlags();
+int RunLlama(const ParsedArgs& args);
+
 }  // namespace kvsketch::client::cli
 
 #endif  // KVSKETCH_CLIENT_CLI_COMMAND_H_

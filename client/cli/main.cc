@@ -31,6 +31,8 @@ const Command kCommands[] = {
      "[options]", EvalFlags, 0, 0, RunEval},
     {"calibrate", "fit top-k budgets k(n) = alpha*n^C from a trace",
      "[options]", CalibrateFlags, 0, 0, RunCalibrate},
+    {"llama", "decode a llama2.c checkpoint with attention from kvsketch",
+     "[options]", LlamaFlags, 0, 0, RunLlama},
 };
 
 std::string TopUsage() {
