@@ -27,7 +27,7 @@ TEST_PACKAGES=(
 # (their other libraries, e.g. libre2, libcares, libssl, come in as
 # dependencies of these). Checked by the Dockerfile's runtime stage.
 RUNTIME_PACKAGES=(
-  libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libfftw3-single3
+  libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libfftw3-single3 libfftw3-double3
   libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 zlib1g libstdc++6
   ca-certificates
 )
