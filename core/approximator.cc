@@ -58,11 +58,11 @@ absl::Status Approximator::QueryDiagnostics(
       absl::StrCat("diagnostics not supported by ", Spec()));
 }
 
-absl::Status Approximator::Prefill(ConstMatrixView queries, int group,
-                                   ConstMatrixView keys, ConstMatrixView values,
-                                   MatrixView out) {
+absl::Status Approximator::CheckPrefillArgs(ConstMatrixView queries, int group,
+                                            ConstMatrixView keys,
+                                            ConstMatrixView values,
+                                            MatrixView out) const {
   KVSKETCH_RETURN_IF_ERROR(CheckAppendArgs(keys, values));
-  const int64_t t_new = keys.rows;
   if (group < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("prefill: group (", group, ") must be >= 1"));
@@ -71,11 +71,20 @@ absl::Status Approximator::Prefill(ConstMatrixView queries, int group,
       CheckMatrix("prefill", "queries", queries, shape_.head_dim));
   KVSKETCH_RETURN_IF_ERROR(
       CheckMatrix("prefill", "out", out, shape_.value_dim));
-  if (queries.rows != group * t_new || out.rows != group * t_new) {
+  const int64_t rows = static_cast<int64_t>(group) * keys.rows;
+  if (queries.rows != rows || out.rows != rows) {
     return absl::InvalidArgumentError(absl::StrCat(
         "prefill: queries have ", queries.rows, " rows and out ", out.rows,
-        ", expected group*T = ", group, "*", t_new, " = ", group * t_new));
+        ", expected group*T = ", group, "*", keys.rows, " = ", rows));
   }
+  return absl::OkStatus();
+}
+
+absl::Status Approximator::Prefill(ConstMatrixView queries, int group,
+                                   ConstMatrixView keys, ConstMatrixView values,
+                                   MatrixView out) {
+  KVSKETCH_RETURN_IF_ERROR(CheckPrefillArgs(queries, group, keys, values, out));
+  const int64_t t_new = keys.rows;
   const int d = shape_.head_dim;
   const int dv = shape_.value_dim;
   std::vector<float> q_rows(static_cast<size_t>(group) * d);

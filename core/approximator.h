@@ -146,6 +146,12 @@ class Approximator {
   absl::Status CheckAppendArgs(ConstMatrixView keys,
                                ConstMatrixView values) const;
   absl::Status CheckQueryArgs(ConstMatrixView queries, MatrixView out) const;
+  // Prefill's contract: CheckAppendArgs, group >= 1, queries and out each
+  // (group·T) rows of head_dim / value_dim columns. Every bulk override calls
+  // this first so all kinds reject the same input with the same message.
+  absl::Status CheckPrefillArgs(ConstMatrixView queries, int group,
+                                ConstMatrixView keys, ConstMatrixView values,
+                                MatrixView out) const;
 
  private:
   HeadShape shape_;

@@ -284,24 +284,11 @@ absl::Status ConvApproximator::Query(ConstMatrixView queries,
 absl::Status ConvApproximator::Prefill(ConstMatrixView queries, int group,
                                        ConstMatrixView keys,
                                        ConstMatrixView values, MatrixView out) {
-  // Same checks and messages as the exact kind's bulk path; nothing changes
-  // before they pass.
-  KVSKETCH_RETURN_IF_ERROR(CheckAppendArgs(keys, values));
+  // Nothing changes before the checks pass.
+  KVSKETCH_RETURN_IF_ERROR(CheckPrefillArgs(queries, group, keys, values, out));
   const int64_t t_new = keys.rows;
-  if (group < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("prefill: group (", group, ") must be >= 1"));
-  }
   const int d = shape().head_dim;
   const int dv = shape().value_dim;
-  if (queries.cols != d || out.cols != dv || queries.rows != group * t_new ||
-      out.rows != group * t_new ||
-      (t_new > 0 && (!queries.data || !out.data))) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prefill: queries are ", queries.rows, "x", queries.cols, " and out ",
-        out.rows, "x", out.cols, ", expected (group*T = ", group, "*", t_new,
-        ") x ", d, " and x ", dv));
-  }
   const int64_t n_prev = n_;
   KVSKETCH_RETURN_IF_ERROR(Append(keys, values));
   last_stats_.clear();

@@ -190,6 +190,10 @@ class ZetaApproximator : public Approximator {
   void AppendTo(State& s, const float* keys, const float* values,
                 int64_t count) const;
   void FlushChunk(State& s) const;
+  // Φ is set this much above the largest key norm so that slowly growing
+  // norms do not trigger a re-encode of the whole index at every new maximum.
+  static constexpr double kPhiHeadroom = 1.05;
+
   void FitRandom(State& s) const;
   void FitNative(State& s) const;
   void FitPca(State& s) const;
