@@ -159,6 +159,76 @@ TEST(MetricsTest, DecodeCountsStepsAndEntryErrors) {
   ASSERT_TRUE(t.server->Shutdown(absl::Seconds(5)).ok());
 }
 
+// The approximators' self-measurements (core/approximator.h
+// SelfMeasurements) reach the per-kind Prometheus counters as deltas, once
+// per step, and count exactly what the approximator checked.
+TEST(MetricsTest, SelfMeasurementsReachCounters) {
+  TestServer t = StartServer(TestOptions());
+  auto& stub = *t.stub;
+  const std::string zeta_label = "{approximator=\"zeta\"}";
+  const std::string conv_label = "{approximator=\"conv\"}";
+
+  // zeta checking every query's recall, with more candidates than tokens:
+  // the retrieved set is the whole searchable region, so recall is exactly 1.
+  // (A random projection: with PCA the first pca_tokens keys stay exact
+  // until the fit, and there would be nothing to check.)
+  auto cz = MakeConfig(1, 2, 4, 8, 8);
+  (*cz.mutable_layer_specs())[0] =
+      "zeta:projection=random,chunk=16,window=8,sinks=2,k=4,candidates=4096,"
+      "recall_sample=1";
+  ASSERT_TRUE(CreateSession(stub, "z", cz).ok());
+  constexpr int kTokens = 100;  // 6 whole chunks flushed to the index
+  ASSERT_TRUE(AppendTokens(stub, "z", 0, 2, kTokens, 8, 8,
+                           RandomFloats(2 * kTokens * 8, 11),
+                           RandomFloats(2 * kTokens * 8, 12))
+                  .ok());
+  const std::string m0 = t.server->ScrapeMetrics();
+  EXPECT_EQ(
+      MetricValue(m0, "kvsketch_sampled_recall_checks_total" + zeta_label), 0);
+  std::vector<float> out;
+  // 4 query heads x 3 queries: 12 query rows, each checked once.
+  ASSERT_TRUE(
+      AttendQueries(stub, "z", 0, 4, 3, 8, RandomFloats(4 * 3 * 8, 13), &out)
+          .ok());
+  std::string m = t.server->ScrapeMetrics();
+  EXPECT_EQ(MetricValue(m, "kvsketch_sampled_recall_checks_total" + zeta_label),
+            12);
+  EXPECT_DOUBLE_EQ(MetricValue(m, "kvsketch_sampled_recall_total" + zeta_label),
+                   12.0);
+  // Deltas, not totals: a second call adds its own rows only.
+  ASSERT_TRUE(
+      AttendQueries(stub, "z", 0, 4, 1, 8, RandomFloats(4 * 8, 14), &out).ok());
+  m = t.server->ScrapeMetrics();
+  EXPECT_EQ(MetricValue(m, "kvsketch_sampled_recall_checks_total" + zeta_label),
+            16);
+
+  // conv with an error threshold no fit on random heads meets: every head's
+  // bulk prefill is checked once and falls back to exact.
+  auto cc = MakeConfig(1, 2, 2, 8, 8);
+  (*cc.mutable_layer_specs())[0] = "conv:min_tokens=1,max_error=1e-9";
+  ASSERT_TRUE(CreateSession(stub, "c", cc).ok());
+  constexpr int kPrefill = 64;
+  grpc::ClientContext ctx;
+  v1::PrefillRequest req;
+  req.set_session_id("c");
+  req.set_layer(0);
+  *req.mutable_queries() =
+      MakeTensor({2, kPrefill, 8}, RandomFloats(2 * kPrefill * 8, 21));
+  *req.mutable_keys() =
+      MakeTensor({2, kPrefill, 8}, RandomFloats(2 * kPrefill * 8, 22));
+  *req.mutable_values() =
+      MakeTensor({2, kPrefill, 8}, RandomFloats(2 * kPrefill * 8, 23));
+  v1::PrefillResponse resp;
+  ASSERT_TRUE(stub.Prefill(&ctx, req, &resp).ok());
+  m = t.server->ScrapeMetrics();
+  EXPECT_EQ(MetricValue(m, "kvsketch_fit_checks_total" + conv_label), 2);
+  EXPECT_EQ(MetricValue(m, "kvsketch_fit_fallbacks_total" + conv_label), 2);
+  EXPECT_GT(MetricValue(m, "kvsketch_fit_error_total" + conv_label), 2e-9);
+  // zeta's counters are untouched by conv's step.
+  EXPECT_EQ(MetricValue(m, "kvsketch_sampled_recall_checks_total" + zeta_label),
+            16);
+}
+
 TEST(MetricsTest, ScrapePassesPromtool) {
   TestServer t = StartServer(TestOptions());
   ASSERT_TRUE(CreateSession(*t.stub, "s", MakeConfig(1, 1, 1, 4, 4)).ok());
