@@ -91,8 +91,15 @@ int RunCalibrate(const ParsedArgs& args);
 
 // llama_commands.cc (a llama2.c model decoding through kvsketch)
 std::vector<OptionSpec> LlamaFlags();
+// migrate_commands.cc (Export -> Import -> Delete between two servers)
+std::vector<OptionSpec> MigrateFlags();
+int RunMigrate(const ParsedArgs& args);
 int RunLlama(const ParsedArgs& args);
 
 }  // namespace kvsketch::client::cli
 
 #endif  // KVSKETCH_CLIENT_CLI_COMMAND_H_
+// fit_commands.cc (attention regression and storage correction; in-process)
+std::vector<OptionSpec> FitFlags();
+int RunFit(const ParsedArgs& args);
+

@@ -27,12 +27,16 @@ const Command kCommands[] = {
      ImportFlags, 0, 0, RunImport},
     {"health", "check grpc.health.v1 (exit 0 iff SERVING)", "[options]",
      HealthFlags, 0, 0, RunHealth},
+    {"migrate", "move a session to another server (export, import, delete)",
+     "[options]", MigrateFlags, 0, 0, RunMigrate},
     {"eval", "accuracy harness: run specs over a trace (in-process)",
      "[options]", EvalFlags, 0, 0, RunEval},
     {"calibrate", "fit top-k budgets k(n) = alpha*n^C from a trace",
      "[options]", CalibrateFlags, 0, 0, RunCalibrate},
     {"llama", "decode a llama2.c checkpoint with attention from kvsketch",
      "[options]", LlamaFlags, 0, 0, RunLlama},
+    {"fit", "attention regression: fit X, Y (or a storage correction)",
+     "[options]", FitFlags, 0, 0, RunFit},
 };
 
 std::string TopUsage() {
