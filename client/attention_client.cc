@@ -1,10 +1,15 @@
 #include "client/attention_client.h"
 
 #include <algorithm>
+#include <fstream>
+#include <random>
+#include <sstream>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "core/status_macros.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
@@ -38,27 +43,125 @@ std::unique_ptr<AttentionClient> AttentionClient::Connect(
                                            std::move(options));
 }
 
+namespace {
+
+absl::StatusOr<std::string> ReadPem(const std::string& path,
+                                    absl::string_view what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat(what, ": cannot read file '", path, "'"));
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) {
+    return absl::NotFoundError(
+        absl::StrCat(what, ": read error on '", path, "'"));
+  }
+  return std::move(ss).str();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<AttentionClient>> AttentionClient::Open(
+    const std::string& target, ClientOptions options) {
+  // The token goes into an HTTP/2 header: printable ASCII, no spaces. The
+  // message describes the problem without echoing the token.
+  for (char c : options.bearer_token) {
+    if (c <= 0x20 || c >= 0x7f) {
+      return absl::InvalidArgumentError(
+          "bearer token: has a space, control or non-ASCII character");
+    }
+  }
+  const bool tls = options.tls || !options.tls_ca_file.empty() ||
+                   !options.tls_cert_file.empty() ||
+                   !options.tls_key_file.empty() ||
+                   !options.tls_server_name.empty();
+  if (!tls) return Connect(target, std::move(options));
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        options.tls_cert_file.empty() ? "tls key: given without a certificate"
+                                      : "tls cert: given without a key");
+  }
+  grpc::SslCredentialsOptions ssl;
+  if (!options.tls_ca_file.empty()) {
+    KVSKETCH_ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                              ReadPem(options.tls_ca_file, "tls ca"));
+  }
+  if (!options.tls_cert_file.empty()) {
+    KVSKETCH_ASSIGN_OR_RETURN(ssl.pem_cert_chain,
+                              ReadPem(options.tls_cert_file, "tls cert"));
+    KVSKETCH_ASSIGN_OR_RETURN(ssl.pem_private_key,
+                              ReadPem(options.tls_key_file, "tls key"));
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
+  args.SetMaxSendMessageSize(-1);
+  if (!options.tls_server_name.empty()) {
+    args.SetSslTargetNameOverride(options.tls_server_name);
+  }
+  auto channel =
+      grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args);
+  return std::make_unique<AttentionClient>(std::move(channel),
+                                           std::move(options));
+}
+
 void AttentionClient::PrepareContext(grpc::ClientContext* context,
-                                     absl::string_view session_id,
-                                     bool stream) const {
+                                     absl::string_view session_id, bool stream,
+                                     absl::Time deadline) const {
   const absl::Duration timeout =
       stream ? options_.stream_timeout : options_.timeout;
-  if (timeout != absl::InfiniteDuration()) {
-    context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  if (deadline == absl::InfiniteFuture() &&
+      timeout != absl::InfiniteDuration()) {
+    deadline = absl::Now() + timeout;
+  }
+  if (deadline != absl::InfiniteFuture()) {
+    context->set_deadline(absl::ToChronoTime(deadline));
   }
   if (!session_id.empty()) {
     context->AddMetadata(kSessionIdMetadataKey, std::string(session_id));
   }
+  if (!options_.bearer_token.empty()) {
+    context->AddMetadata(kAuthorizationMetadataKey,
+                         absl::StrCat("Bearer ", options_.bearer_token));
+  }
+}
+
+bool AttentionClient::IsRetryable(const absl::Status& status, bool idempotent) {
+  if (status.code() == absl::StatusCode::kUnavailable) return idempotent;
+  return status.code() == absl::StatusCode::kResourceExhausted &&
+         absl::StartsWith(status.message(), "server busy");
 }
 
 template <typename Request, typename Response>
 absl::Status AttentionClient::InvokeUnary(
     grpc::Status (v1::Attention::Stub::*method)(grpc::ClientContext*,
                                                 const Request&, Response*),
-    absl::string_view session_id, const Request& request, Response* response) {
-  grpc::ClientContext context;
-  PrepareContext(&context, session_id, /*stream=*/false);
-  return FromGrpcStatus(((*stub_).*method)(&context, request, response));
+    absl::string_view session_id, const Request& request, Response* response,
+    bool idempotent) {
+  const RetryPolicy& retry = options_.retry;
+  const absl::Time deadline = options_.timeout == absl::InfiniteDuration()
+                                  ? absl::InfiniteFuture()
+                                  : absl::Now() + options_.timeout;
+  absl::Duration backoff = retry.initial_backoff;
+  for (int attempt = 1;; ++attempt) {
+    grpc::ClientContext context;
+    PrepareContext(&context, session_id, /*stream=*/false, deadline);
+    absl::Status status =
+        FromGrpcStatus(((*stub_).*method)(&context, request, response));
+    if (status.ok() || attempt >= retry.max_attempts ||
+        !IsRetryable(status, idempotent)) {
+      return status;
+    }
+    // Full jitter keeps clients refused together from returning together.
+    thread_local std::minstd_rand rng(std::random_device{}());
+    const absl::Duration wait =
+        backoff * std::uniform_real_distribution<double>(0.5, 1.0)(rng);
+    if (absl::Now() + wait >= deadline) return status;
+    absl::SleepFor(wait);
+    backoff = std::min(backoff * retry.multiplier, retry.max_backoff);
+    response->Clear();
+  }
 }
 
 absl::StatusOr<v1::SessionInfo> AttentionClient::CreateSession(
@@ -68,7 +171,8 @@ absl::StatusOr<v1::SessionInfo> AttentionClient::CreateSession(
   *request.mutable_config() = config;
   v1::CreateSessionResponse response;
   KVSKETCH_RETURN_IF_ERROR(InvokeUnary(&v1::Attention::Stub::CreateSession,
-                                       session_id, request, &response));
+                                       session_id, request, &response,
+                                       /*idempotent=*/false));
   return std::move(*response.mutable_session());
 }
 
@@ -78,7 +182,8 @@ absl::StatusOr<v1::SessionInfo> AttentionClient::GetSession(
   request.set_session_id(std::string(session_id));
   v1::GetSessionResponse response;
   KVSKETCH_RETURN_IF_ERROR(InvokeUnary(&v1::Attention::Stub::GetSession,
-                                       session_id, request, &response));
+                                       session_id, request, &response,
+                                       /*idempotent=*/true));
   return std::move(*response.mutable_session());
 }
 
@@ -93,7 +198,8 @@ absl::StatusOr<std::vector<v1::SessionInfo>> AttentionClient::ListSessions(
   for (int page = 0; page < kMaxPages; ++page) {
     v1::ListSessionsResponse response;
     KVSKETCH_RETURN_IF_ERROR(InvokeUnary(&v1::Attention::Stub::ListSessions, "",
-                                         request, &response));
+                                         request, &response,
+                                         /*idempotent=*/true));
     for (auto& info : *response.mutable_sessions()) {
       all.push_back(std::move(info));
     }
@@ -111,8 +217,10 @@ absl::Status AttentionClient::DeleteSession(absl::string_view session_id) {
   v1::DeleteSessionRequest request;
   request.set_session_id(std::string(session_id));
   v1::DeleteSessionResponse response;
+  // Not idempotent for retries: a lost reply to a delete that happened
+  // would turn into NOT_FOUND on the retry.
   return InvokeUnary(&v1::Attention::Stub::DeleteSession, session_id, request,
-                     &response);
+                     &response, /*idempotent=*/false);
 }
 
 namespace {
@@ -243,8 +351,10 @@ absl::StatusOr<AttendResult> AttentionClient::Attend(
   KVSKETCH_RETURN_IF_ERROR(
       ToWire(queries, dtype, "queries", request.mutable_queries()));
   v1::AttendResponse response;
+  // With keys the call appends: not idempotent.
   KVSKETCH_RETURN_IF_ERROR(InvokeUnary(&v1::Attention::Stub::Attend, session_id,
-                                       request, &response));
+                                       request, &response,
+                                       /*idempotent=*/keys.empty()));
   AttendResult result;
   KVSKETCH_ASSIGN_OR_RETURN(result.output,
                             DecodeTensor(response.output(), "output"));
@@ -267,7 +377,8 @@ absl::StatusOr<AttendResult> AttentionClient::Prefill(
       ToWire(values, dtype, "values", request.mutable_values()));
   v1::PrefillResponse response;
   KVSKETCH_RETURN_IF_ERROR(InvokeUnary(&v1::Attention::Stub::Prefill,
-                                       session_id, request, &response));
+                                       session_id, request, &response,
+                                       /*idempotent=*/false));
   AttendResult result;
   KVSKETCH_ASSIGN_OR_RETURN(result.output,
                             DecodeTensor(response.output(), "output"));

@@ -47,10 +47,30 @@ namespace kvsketch::client {
 
 // The metadata key carrying the session id on every call.
 inline constexpr char kSessionIdMetadataKey[] = "x-session-id";
+// The metadata key carrying ClientOptions::bearer_token.
+inline constexpr char kAuthorizationMetadataKey[] = "authorization";
 
 // grpc::Status -> absl::Status, same numeric code and message. The one
 // conversion point of the client.
 absl::Status FromGrpcStatus(const grpc::Status& status);
+
+// Retries of unary calls (issue #8 item 4). A call is retried only when
+// repeating it cannot apply anything twice (IsRetryable): UNAVAILABLE for
+// calls that change nothing (Get, List, query-only Attend), and the
+// server's "server busy" RESOURCE_EXHAUSTED -- the worker queue refused the
+// call before any of its work ran (server/attention_service.h BusyError) --
+// for every unary call. Other RESOURCE_EXHAUSTED (session limit, memory
+// budget) are answers, not transient failures, and are returned at once.
+// Waits are exponential with full jitter (uniform in [backoff/2, backoff]),
+// and never past the call's deadline: the whole call, retries included,
+// gets ClientOptions::timeout.
+struct RetryPolicy {
+  // Attempts per call, the first included; 1 disables retries.
+  int max_attempts = 1;
+  absl::Duration initial_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(2);
+  double multiplier = 2.0;
+};
 
 struct ClientOptions {
   // Deadline of every unary and client-streaming call (Append, Import,
@@ -60,6 +80,26 @@ struct ClientOptions {
   absl::Duration stream_timeout = absl::InfiniteDuration();
   // Largest message received (the server's limit is a flag too).
   int max_receive_message_bytes = 64 << 20;
+  // Off by default (one attempt): load tests want to see every refusal.
+  RetryPolicy retry;
+
+  // --- Security (docs/security.md); read by Open, ignored by Connect ---
+  // Connect over TLS. Implied by any tls_* file below; with tls_ca_file ""
+  // the server certificate is checked against the system roots.
+  bool tls = false;
+  // PEM CA bundle that signed the server's certificate.
+  std::string tls_ca_file;
+  // PEM client certificate chain and key, for a server with mutual TLS.
+  // Both or neither.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // Name checked against the server certificate instead of the target's
+  // host (e.g. "localhost" when dialing 127.0.0.1 through a tunnel).
+  std::string tls_server_name;
+  // Sent as `authorization: Bearer <token>` on every Attention call (also
+  // over plaintext: fine on loopback, see docs/security.md). Never printed:
+  // no error or log message of the client contains it.
+  std::string bearer_token;
 };
 
 struct AttendResult {
@@ -92,14 +132,28 @@ class AttentionClient {
  public:
   explicit AttentionClient(std::shared_ptr<grpc::Channel> channel,
                            ClientOptions options = {});
-  // Insecure channel to `target` ("host:port"). Does not contact the server.
+  // Plaintext channel to `target` ("host:port"); sends options.bearer_token
+  // but ignores the TLS fields (use Open). Does not contact the server.
   static std::unique_ptr<AttentionClient> Connect(const std::string& target,
                                                   ClientOptions options = {});
+  // Channel to `target` with the transport options asks for: TLS (and a
+  // client certificate) when any TLS field is set, else plaintext as
+  // Connect. Reads the PEM files now: NotFound for an unreadable one,
+  // InvalidArgument for a certificate without key (or the reverse) or a
+  // bearer token with characters a header cannot carry. Does not contact
+  // the server (a TLS handshake failure shows up as UNAVAILABLE on the
+  // first call).
+  static absl::StatusOr<std::unique_ptr<AttentionClient>> Open(
+      const std::string& target, ClientOptions options = {});
 
   AttentionClient(const AttentionClient&) = delete;
   AttentionClient& operator=(const AttentionClient&) = delete;
 
   const ClientOptions& options() const { return options_; }
+
+  // Whether a unary call that failed with `status` may be sent again (see
+  // RetryPolicy); `idempotent`: the call changes no session state.
+  static bool IsRetryable(const absl::Status& status, bool idempotent);
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
 
   // --- Lifecycle ---
@@ -168,15 +222,18 @@ class AttentionClient {
 
  private:
   // Fills deadline and metadata; every call site goes through this.
+  // `deadline` InfiniteFuture: now + the options' timeout for the kind.
   void PrepareContext(grpc::ClientContext* context,
-                      absl::string_view session_id, bool stream) const;
+                      absl::string_view session_id, bool stream,
+                      absl::Time deadline = absl::InfiniteFuture()) const;
 
-  // The unary call site. `method` is a stub member function.
+  // The unary call site, with the retries of options().retry.
+  // `method` is a stub member function; `idempotent` as in IsRetryable.
   template <typename Request, typename Response>
   absl::Status InvokeUnary(grpc::Status (v1::Attention::Stub::*method)(
                                grpc::ClientContext*, const Request&, Response*),
                            absl::string_view session_id, const Request& request,
-                           Response* response);
+                           Response* response, bool idempotent);
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Attention::Stub> stub_;

@@ -15,12 +15,14 @@ BUILD_PACKAGES=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libeigen3-dev libfftw3-dev zlib1g-dev prometheus-cpp-dev
+  libssl-dev        # server/auth.cc checks TLS key/certificate files
 )
 TEST_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   prometheus        # promtool, to check the /metrics exposition
   python3-numpy     # .npy interoperability checks
   curl
+  openssl           # TLS tests make throw-away certificates with the CLI
   clang-format      # scripts/check-format.sh
 )
 # What `ldd` of kvsketch-server, kvsketch and kvsketch-loadgen resolves to

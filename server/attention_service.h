@@ -9,6 +9,12 @@
 //   service_unary.cc    Create/Get/List/Delete, Attend, Prefill
 //   service_decode.cc   Decode (bidi, ordered, read-ahead pipeline)
 //   service_streams.cc  Append (client stream), Export/Import (snapshots)
+//
+// Authentication (server/auth.h) happens once per call, first thing in the
+// handler, on the gRPC thread (a bounded comparison, no I/O): a call without
+// a valid bearer token is finished UNAUTHENTICATED before any message is
+// read or any work is queued; an accepted call carries its tenant into
+// every SessionManager lookup.
 #ifndef KVSKETCH_SERVER_ATTENTION_SERVICE_H_
 #define KVSKETCH_SERVER_ATTENTION_SERVICE_H_
 
@@ -21,6 +27,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "kvsketch/v1/attention.grpc.pb.h"
+#include "server/auth.h"
 #include "server/metrics.h"
 #include "server/request_validation.h"
 #include "server/session_manager.h"
@@ -40,6 +47,9 @@ struct ServiceOptions {
   int max_message_bytes = 64 << 20;
   // Largest snapshot ImportSession accumulates.
   int64_t max_snapshot_bytes = int64_t{1} << 30;
+  // Bearer-token table; null: no authentication, one shared namespace.
+  // Must outlive the service.
+  const TokenAuthenticator* auth = nullptr;
 };
 
 class AttentionService final : public v1::Attention::CallbackService {
@@ -109,16 +119,34 @@ class AttentionService final : public v1::Attention::CallbackService {
   // ResourceExhausted "server busy: ..." for a refused pool submission.
   absl::Status BusyError() const;
 
+  // The call's tenant (CallTenant with options().auth).
+  absl::StatusOr<std::string> Authenticate(
+      const grpc::CallbackServerContext& ctx) const {
+    return CallTenant(options_.auth, ctx);
+  }
+
  private:
-  // Runs fn on the pool and finishes the unary reactor with its status.
-  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* ctx,
-                                     absl::string_view method,
-                                     std::function<absl::Status()> fn);
+  // Authenticates, runs fn(tenant) on the pool and finishes the unary
+  // reactor with its status.
+  grpc::ServerUnaryReactor* RunUnary(
+      grpc::CallbackServerContext* ctx, absl::string_view method,
+      std::function<absl::Status(const std::string& tenant)> fn);
 
   const ServiceOptions options_;
   SessionManager* const sessions_;
   WorkerPool* const pool_;
   Metrics* const metrics_;
+};
+
+// A streaming reactor that only finishes its call with `status` (a refused
+// authentication): Finish before the handler returns is held by gRPC until
+// the reactor is bound, and nothing of the request is read.
+// Base is a grpc::Server{Read,Write,Bidi}Reactor<...>.
+template <typename Base>
+class RejectReactor final : public Base {
+ public:
+  explicit RejectReactor(const grpc::Status& status) { this->Finish(status); }
+  void OnDone() override { delete this; }
 };
 
 // CANCELLED / DEADLINE_EXCEEDED if the call is already dead: checked before

@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "core/registry.h"
+#include "server/auth.h"
 #include "server/server.h"
 
 namespace {
@@ -86,6 +87,17 @@ const kvsketch::server::ServerOptions kDefaults;
 
 ABSL_FLAG(std::string, listen, kDefaults.listen_address,
           "gRPC listen address (host:port; port 0 picks a free one)");
+ABSL_FLAG(std::string, tls_cert, kDefaults.tls_cert_file,
+          "PEM certificate chain: serve gRPC over TLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, kDefaults.tls_key_file,
+          "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, kDefaults.tls_client_ca_file,
+          "PEM CA bundle: mutual TLS, clients must present a certificate "
+          "signed by it");
+ABSL_FLAG(std::string, auth_tokens_file, kDefaults.auth_tokens_file,
+          "file of 'token tenant' lines ('#' comments): every RPC needs "
+          "'authorization: Bearer <token>' and sees only its tenant's "
+          "sessions; empty disables");
 ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_address,
           "Prometheus /metrics HTTP address; empty disables it");
 ABSL_FLAG(int, max_sessions, kDefaults.max_sessions,
@@ -164,6 +176,10 @@ int main(int argc, char** argv) {
   o.default_spec = absl::GetFlag(FLAGS_default_spec);
   o.data_dir = absl::GetFlag(FLAGS_data_dir);
   o.skip_corrupt_snapshots = absl::GetFlag(FLAGS_skip_corrupt_snapshots);
+  o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  o.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  o.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
   const absl::Duration drain = absl::GetFlag(FLAGS_drain_timeout);
 
   auto server = kvsketch::server::Server::Start(o);
@@ -190,6 +206,29 @@ int main(int argc, char** argv) {
       o.max_queued_tasks, o.stream_pipeline_depth, o.max_message_bytes,
       o.default_spec.c_str(),
       o.data_dir.empty() ? "(none)" : o.data_dir.c_str());
+  const bool tls = !o.tls_cert_file.empty();
+  const bool tokens = !o.auth_tokens_file.empty();
+  std::fprintf(stderr, "kvsketch-server: security: tls=%s auth=%s\n",
+               !tls                           ? "off"
+               : o.tls_client_ca_file.empty() ? "on"
+                                              : "mutual",
+               tokens ? "bearer tokens" : "off");
+  if (!kvsketch::server::IsLoopbackListenAddress(o.listen_address)) {
+    if (!tls) {
+      std::fprintf(stderr,
+                   "kvsketch-server: WARNING: --listen=%s is not loopback and "
+                   "TLS is off: session data%s travel in clear text\n",
+                   o.listen_address.c_str(),
+                   tokens ? " and bearer tokens" : "");
+    }
+    if (!tokens && o.tls_client_ca_file.empty()) {
+      std::fprintf(stderr,
+                   "kvsketch-server: WARNING: --listen=%s is not loopback and "
+                   "no client authentication is configured "
+                   "(--auth_tokens_file or --tls_client_ca)\n",
+                   o.listen_address.c_str());
+    }
+  }
 
   std::thread signal_thread([&] {
     int sig = 0;

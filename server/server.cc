@@ -25,6 +25,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "prometheus/exposer.h"
 #include "server/attention_service.h"
+#include "server/auth.h"
 #include "server/metrics.h"
 #include "server/session_manager.h"
 #include "server/snapshot_store.h"
@@ -98,6 +99,18 @@ class ServerImpl final : public Server {
     so.max_tokens_per_session = options_.max_tokens_per_session;
     so.default_spec = options_.default_spec;
     so.idle_ttl = options_.session_idle_ttl;
+    // Security files first: a bad one must fail Start before anything
+    // (restored sessions, bound ports) exists.
+    TlsFiles tls;
+    tls.cert_file = options_.tls_cert_file;
+    tls.key_file = options_.tls_key_file;
+    tls.client_ca_file = options_.tls_client_ca_file;
+    KVSKETCH_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds,
+                              MakeServerCredentials(tls));
+    if (!options_.auth_tokens_file.empty()) {
+      KVSKETCH_ASSIGN_OR_RETURN(
+          auth_, TokenAuthenticator::LoadFile(options_.auth_tokens_file));
+    }
     sessions_ = std::make_unique<SessionManager>(so, &budget_, &metrics_);
     if (!options_.data_dir.empty()) {
       KVSKETCH_ASSIGN_OR_RETURN(
@@ -120,14 +133,14 @@ class ServerImpl final : public Server {
     // A snapshot is about as large as the state it holds, and no state may
     // exceed the budget; a little slack covers the envelope and config.
     svc.max_snapshot_bytes = options_.memory_budget_bytes + (int64_t{1} << 20);
+    svc.auth = auth_.get();
     service_ = std::make_unique<AttentionService>(svc, sessions_.get(),
                                                   pool_.get(), &metrics_);
 
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
-    builder.AddListeningPort(options_.listen_address,
-                             grpc::InsecureServerCredentials(), &grpc_port_);
+    builder.AddListeningPort(options_.listen_address, creds, &grpc_port_);
     builder.RegisterService(service_.get());
     // Reflection is a sync-API service, so gRPC starts sync poller threads
     // (by default a completion queue per core, up to 2 pollers each). Those
@@ -231,6 +244,7 @@ class ServerImpl final : public Server {
   // sessions, pool, budget and metrics they use.
   Metrics metrics_;
   MemoryBudget budget_;
+  std::unique_ptr<TokenAuthenticator> auth_;  // null: no tokens
   std::unique_ptr<SessionManager> sessions_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<AttentionService> service_;

@@ -31,12 +31,26 @@ namespace kvsketch::server {
 struct ServerOptions {
   // --- Network ---
   // gRPC listen address; port 0 picks a free port (see grpc_port()).
+  // Loopback by default: reaching the server from another host is an
+  // explicit choice (docs/security.md).
   std::string listen_address = "127.0.0.1:50051";
   // Prometheus /metrics HTTP address; "" disables the HTTP exposer (the
   // registry still exists and ScrapeMetrics() works).
   std::string metrics_address = "127.0.0.1:9464";
   // Largest gRPC message accepted or sent.
   int max_message_bytes = 64 << 20;
+
+  // --- Security (server/auth.h, docs/security.md) ---
+  // PEM certificate chain and private key: serve gRPC over TLS. Both or
+  // neither. The metrics endpoint stays plain HTTP.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // PEM CA bundle: mutual TLS, every client must present a certificate it
+  // signed. Requires tls_cert_file.
+  std::string tls_client_ca_file;
+  // `token tenant` lines: every Attention RPC needs `authorization: Bearer
+  // <token>` and sees only its tenant's sessions. "" disables.
+  std::string auth_tokens_file;
 
   // --- Limits (over a limit: RESOURCE_EXHAUSTED with a message) ---
   int max_sessions = 4096;
@@ -76,7 +90,8 @@ class Server {
   virtual ~Server() = default;
 
   // Restores sessions from data_dir (if set), binds, starts serving.
-  // InvalidArgument for bad options, Unavailable if a port cannot be bound,
+  // InvalidArgument for bad options (including unusable TLS or token files;
+  // NotFound for unreadable ones), Unavailable if a port cannot be bound,
   // DataLoss if a stored snapshot is corrupt (named in the message).
   static absl::StatusOr<std::unique_ptr<Server>> Start(
       const ServerOptions& options);

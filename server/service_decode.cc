@@ -38,9 +38,11 @@ namespace {
 class DecodeReactor final
     : public grpc::ServerBidiReactor<v1::DecodeRequest, v1::DecodeResponse> {
  public:
-  DecodeReactor(AttentionService* service, grpc::CallbackServerContext* ctx)
+  DecodeReactor(AttentionService* service, grpc::CallbackServerContext* ctx,
+                std::string tenant)
       : service_(service),
         ctx_(ctx),
+        tenant_(std::move(tenant)),
         metadata_id_(MetadataSessionId(*ctx)),
         depth_(std::max(1, service->options().stream_pipeline_depth)),
         inline_limit_(service->options().decode_inline_work_limit),
@@ -277,8 +279,10 @@ class DecodeReactor final
           "session_id: empty, and no x-session-id metadata was sent"));
       return true;
     }
+    // The stream's tenant: an entry naming another tenant's session fails
+    // exactly like one naming no session.
     absl::StatusOr<std::shared_ptr<Session>> session =
-        service_->sessions()->Find(id);
+        service_->sessions()->Find(id, tenant_);
     if (!session.ok()) {
       *status =
           absl::Status(session.status().code(),
@@ -314,6 +318,7 @@ class DecodeReactor final
 
   AttentionService* const service_;
   grpc::CallbackServerContext* const ctx_;
+  const std::string tenant_;
   const std::string metadata_id_;
   const int depth_;
   const int64_t inline_limit_;
@@ -336,7 +341,15 @@ class DecodeReactor final
 
 grpc::ServerBidiReactor<v1::DecodeRequest, v1::DecodeResponse>*
 AttentionService::Decode(grpc::CallbackServerContext* ctx) {
-  return new DecodeReactor(this, ctx);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> tenant = Authenticate(*ctx);
+  if (!tenant.ok()) {
+    RecordRpc("Decode", tenant.status(), start);
+    return new RejectReactor<
+        grpc::ServerBidiReactor<v1::DecodeRequest, v1::DecodeResponse>>(
+        ToGrpcStatus(tenant.status()));
+  }
+  return new DecodeReactor(this, ctx, *std::move(tenant));
 }
 
 }  // namespace kvsketch::server

@@ -27,8 +27,12 @@ class AppendReactor final : public grpc::ServerReadReactor<v1::AppendRequest> {
  public:
   static constexpr char kMethod[] = "Append";
   AppendReactor(AttentionService* service, grpc::CallbackServerContext* ctx,
-                v1::AppendResponse* resp)
-      : service_(service), ctx_(ctx), resp_(resp), start_(absl::Now()) {
+                v1::AppendResponse* resp, std::string tenant)
+      : service_(service),
+        ctx_(ctx),
+        resp_(resp),
+        tenant_(std::move(tenant)),
+        start_(absl::Now()) {
     StartRead(&req_);
   }
 
@@ -71,7 +75,8 @@ class AppendReactor final : public grpc::ServerReadReactor<v1::AppendRequest> {
           ResolveSessionId(req_.session_id(), MetadataSessionId(*ctx_),
                            absl::StrCat(prefix, "session_id"),
                            /*required=*/true));
-      KVSKETCH_ASSIGN_OR_RETURN(session_, service_->sessions()->Find(id));
+      KVSKETCH_ASSIGN_OR_RETURN(session_,
+                                service_->sessions()->Find(id, tenant_));
     } else if (!req_.session_id().empty() &&
                req_.session_id() != session_->id()) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -105,7 +110,8 @@ class AppendReactor final : public grpc::ServerReadReactor<v1::AppendRequest> {
         KVSKETCH_ASSIGN_OR_RETURN(
             std::string id, ResolveSessionId("", MetadataSessionId(*ctx_),
                                              "session_id", /*required=*/true));
-        KVSKETCH_ASSIGN_OR_RETURN(session_, service_->sessions()->Find(id));
+        KVSKETCH_ASSIGN_OR_RETURN(session_,
+                                  service_->sessions()->Find(id, tenant_));
       }
       resp_->set_tokens_appended(tokens_appended_);
       for (int64_t n : session_->tokens_per_layer()) {
@@ -120,6 +126,7 @@ class AppendReactor final : public grpc::ServerReadReactor<v1::AppendRequest> {
   AttentionService* const service_;
   grpc::CallbackServerContext* const ctx_;
   v1::AppendResponse* const resp_;
+  const std::string tenant_;
   const absl::Time start_;
   // Touched by one thread at a time: the read/apply chain is sequential.
   v1::AppendRequest req_;
@@ -134,8 +141,12 @@ class ExportReactor final : public grpc::ServerWriteReactor<v1::SnapshotChunk> {
  public:
   static constexpr char kMethod[] = "ExportSession";
   ExportReactor(AttentionService* service, grpc::CallbackServerContext* ctx,
-                const v1::ExportSessionRequest* req)
-      : service_(service), ctx_(ctx), req_(req), start_(absl::Now()) {
+                const v1::ExportSessionRequest* req, std::string tenant)
+      : service_(service),
+        ctx_(ctx),
+        req_(req),
+        tenant_(std::move(tenant)),
+        start_(absl::Now()) {
     // Chunks stay well under the message limit (protobuf framing is small).
     chunk_bytes_ = std::max<int64_t>(
         1024, std::min<int64_t>(kExportChunkBytes,
@@ -171,7 +182,7 @@ class ExportReactor final : public grpc::ServerWriteReactor<v1::SnapshotChunk> {
           ResolveSessionId(req_->session_id(), MetadataSessionId(*ctx_),
                            "session_id", /*required=*/true));
       KVSKETCH_ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
-                                service_->sessions()->Find(id));
+                                service_->sessions()->Find(id, tenant_));
       session->Touch(absl::Now());
       KVSKETCH_ASSIGN_OR_RETURN(blob_,
                                 SessionManager::ExportSnapshot(*session));
@@ -203,6 +214,7 @@ class ExportReactor final : public grpc::ServerWriteReactor<v1::SnapshotChunk> {
   AttentionService* const service_;
   grpc::CallbackServerContext* const ctx_;
   const v1::ExportSessionRequest* const req_;
+  const std::string tenant_;
   const absl::Time start_;
   int64_t chunk_bytes_ = kExportChunkBytes;
   std::string blob_;
@@ -217,8 +229,12 @@ class ImportReactor final
  public:
   static constexpr char kMethod[] = "ImportSession";
   ImportReactor(AttentionService* service, grpc::CallbackServerContext* ctx,
-                v1::ImportSessionResponse* resp)
-      : service_(service), ctx_(ctx), resp_(resp), start_(absl::Now()) {
+                v1::ImportSessionResponse* resp, std::string tenant)
+      : service_(service),
+        ctx_(ctx),
+        resp_(resp),
+        tenant_(std::move(tenant)),
+        start_(absl::Now()) {
     StartRead(&req_);
   }
 
@@ -274,7 +290,8 @@ class ImportReactor final
                            /*required=*/false));
       KVSKETCH_ASSIGN_OR_RETURN(
           std::shared_ptr<Session> session,
-          service_->sessions()->Import(id, blob_, /*newly_created=*/true));
+          service_->sessions()->Import(id, blob_, /*newly_created=*/true,
+                                       tenant_));
       return session->FillInfo(resp_->mutable_session());
     });
     Done(std::move(s));
@@ -283,6 +300,7 @@ class ImportReactor final
   AttentionService* const service_;
   grpc::CallbackServerContext* const ctx_;
   v1::ImportSessionResponse* const resp_;
+  const std::string tenant_;
   const absl::Time start_;
   v1::ImportSessionRequest req_;
   std::string session_id_;
@@ -294,18 +312,39 @@ class ImportReactor final
 
 grpc::ServerReadReactor<v1::AppendRequest>* AttentionService::Append(
     grpc::CallbackServerContext* ctx, v1::AppendResponse* resp) {
-  return new AppendReactor(this, ctx, resp);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> tenant = Authenticate(*ctx);
+  if (!tenant.ok()) {
+    RecordRpc(AppendReactor::kMethod, tenant.status(), start);
+    return new RejectReactor<grpc::ServerReadReactor<v1::AppendRequest>>(
+        ToGrpcStatus(tenant.status()));
+  }
+  return new AppendReactor(this, ctx, resp, *std::move(tenant));
 }
 
 grpc::ServerWriteReactor<v1::SnapshotChunk>* AttentionService::ExportSession(
     grpc::CallbackServerContext* ctx, const v1::ExportSessionRequest* req) {
-  return new ExportReactor(this, ctx, req);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> tenant = Authenticate(*ctx);
+  if (!tenant.ok()) {
+    RecordRpc(ExportReactor::kMethod, tenant.status(), start);
+    return new RejectReactor<grpc::ServerWriteReactor<v1::SnapshotChunk>>(
+        ToGrpcStatus(tenant.status()));
+  }
+  return new ExportReactor(this, ctx, req, *std::move(tenant));
 }
 
 grpc::ServerReadReactor<v1::ImportSessionRequest>*
 AttentionService::ImportSession(grpc::CallbackServerContext* ctx,
                                 v1::ImportSessionResponse* resp) {
-  return new ImportReactor(this, ctx, resp);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> tenant = Authenticate(*ctx);
+  if (!tenant.ok()) {
+    RecordRpc(ImportReactor::kMethod, tenant.status(), start);
+    return new RejectReactor<grpc::ServerReadReactor<v1::ImportSessionRequest>>(
+        ToGrpcStatus(tenant.status()));
+  }
+  return new ImportReactor(this, ctx, resp, *std::move(tenant));
 }
 
 }  // namespace kvsketch::server

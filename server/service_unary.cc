@@ -125,13 +125,20 @@ bool AttentionService::TryRunLayerOp(
 
 grpc::ServerUnaryReactor* AttentionService::RunUnary(
     grpc::CallbackServerContext* ctx, absl::string_view method,
-    std::function<absl::Status()> fn) {
+    std::function<absl::Status(const std::string& tenant)> fn) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> tenant = Authenticate(*ctx);
+  if (!tenant.ok()) {
+    RecordRpc(method, tenant.status(), start);
+    reactor->Finish(ToGrpcStatus(tenant.status()));
+    return reactor;
+  }
   const bool queued =
-      pool_->TrySubmit([this, ctx, reactor, method, start, fn = std::move(fn)] {
+      pool_->TrySubmit([this, ctx, reactor, method, start,
+                        tenant = *std::move(tenant), fn = std::move(fn)] {
         absl::Status status = CheckCallAlive(ctx);
-        if (status.ok()) status = CallGuarded(fn);
+        if (status.ok()) status = CallGuarded([&] { return fn(tenant); });
         RecordRpc(method, status, start);
         reactor->Finish(ToGrpcStatus(status));
       });
@@ -146,128 +153,140 @@ grpc::ServerUnaryReactor* AttentionService::RunUnary(
 grpc::ServerUnaryReactor* AttentionService::CreateSession(
     grpc::CallbackServerContext* ctx, const v1::CreateSessionRequest* req,
     v1::CreateSessionResponse* resp) {
-  return RunUnary(ctx, "CreateSession", [this, ctx, req, resp] {
-    KVSKETCH_ASSIGN_OR_RETURN(
-        std::string id, ResolveSessionId(req->session_id(),
-                                         MetadataSessionId(*ctx), "session_id",
-                                         /*required=*/false));
-    KVSKETCH_ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
-                              sessions_->Create(id, FromProto(req->config())));
-    return session->FillInfo(resp->mutable_session());
-  });
+  return RunUnary(
+      ctx, "CreateSession", [this, ctx, req, resp](const std::string& tenant) {
+        KVSKETCH_ASSIGN_OR_RETURN(
+            std::string id,
+            ResolveSessionId(req->session_id(), MetadataSessionId(*ctx),
+                             "session_id",
+                             /*required=*/false));
+        KVSKETCH_ASSIGN_OR_RETURN(
+            std::shared_ptr<Session> session,
+            sessions_->Create(id, FromProto(req->config()), tenant));
+        return session->FillInfo(resp->mutable_session());
+      });
 }
 
 grpc::ServerUnaryReactor* AttentionService::GetSession(
     grpc::CallbackServerContext* ctx, const v1::GetSessionRequest* req,
     v1::GetSessionResponse* resp) {
-  return RunUnary(ctx, "GetSession", [this, ctx, req, resp] {
-    KVSKETCH_ASSIGN_OR_RETURN(
-        std::string id, ResolveSessionId(req->session_id(),
+  return RunUnary(ctx, "GetSession",
+                  [this, ctx, req, resp](const std::string& tenant) {
+                    KVSKETCH_ASSIGN_OR_RETURN(
+                        std::string id,
+                        ResolveSessionId(req->session_id(),
                                          MetadataSessionId(*ctx), "session_id",
                                          /*required=*/true));
-    KVSKETCH_ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
-                              sessions_->Find(id));
-    return session->FillInfo(resp->mutable_session());
-  });
+                    KVSKETCH_ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
+                                              sessions_->Find(id, tenant));
+                    return session->FillInfo(resp->mutable_session());
+                  });
 }
 
 grpc::ServerUnaryReactor* AttentionService::ListSessions(
     grpc::CallbackServerContext* ctx, const v1::ListSessionsRequest* req,
     v1::ListSessionsResponse* resp) {
-  return RunUnary(ctx, "ListSessions", [this, req, resp] {
-    if (req->page_size() < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("page_size: ", req->page_size(), " is negative"));
-    }
-    const int limit = req->page_size() == 0
-                          ? kDefaultPageSize
-                          : std::min(req->page_size(), kMaxPageSize);
-    // The page token is the last id of the previous page: ids are unique and
-    // listed in order, so "ids after it" resumes exactly, even if sessions
-    // come and go between pages.
-    if (!req->page_token().empty()) {
-      KVSKETCH_RETURN_IF_ERROR(
-          SessionManager::ValidateSessionId(req->page_token(), "page_token"));
-    }
-    bool more = false;
-    std::vector<std::shared_ptr<Session>> page =
-        sessions_->List(req->page_token(), limit, &more);
-    for (const auto& session : page) {
-      v1::SessionInfo info;
-      // A session deleted since List copied it is skipped.
-      if (session->FillInfo(&info).ok()) {
-        *resp->add_sessions() = std::move(info);
-      }
-    }
-    if (more && !page.empty()) resp->set_next_page_token(page.back()->id());
-    return absl::OkStatus();
-  });
+  return RunUnary(
+      ctx, "ListSessions", [this, req, resp](const std::string& tenant) {
+        if (req->page_size() < 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("page_size: ", req->page_size(), " is negative"));
+        }
+        const int limit = req->page_size() == 0
+                              ? kDefaultPageSize
+                              : std::min(req->page_size(), kMaxPageSize);
+        // The page token is the last id of the previous page: ids are unique
+        // and listed in order, so "ids after it" resumes exactly, even if
+        // sessions come and go between pages.
+        if (!req->page_token().empty()) {
+          KVSKETCH_RETURN_IF_ERROR(SessionManager::ValidateSessionId(
+              req->page_token(), "page_token"));
+        }
+        bool more = false;
+        std::vector<std::shared_ptr<Session>> page =
+            sessions_->List(req->page_token(), limit, &more, tenant);
+        for (const auto& session : page) {
+          v1::SessionInfo info;
+          // A session deleted since List copied it is skipped.
+          if (session->FillInfo(&info).ok()) {
+            *resp->add_sessions() = std::move(info);
+          }
+        }
+        if (more && !page.empty()) resp->set_next_page_token(page.back()->id());
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* AttentionService::DeleteSession(
     grpc::CallbackServerContext* ctx, const v1::DeleteSessionRequest* req,
     v1::DeleteSessionResponse* /*resp*/) {
-  return RunUnary(ctx, "DeleteSession", [this, ctx, req] {
-    KVSKETCH_ASSIGN_OR_RETURN(
-        std::string id, ResolveSessionId(req->session_id(),
+  return RunUnary(ctx, "DeleteSession",
+                  [this, ctx, req](const std::string& tenant) {
+                    KVSKETCH_ASSIGN_OR_RETURN(
+                        std::string id,
+                        ResolveSessionId(req->session_id(),
                                          MetadataSessionId(*ctx), "session_id",
                                          /*required=*/true));
-    return sessions_->Delete(id);
-  });
+                    return sessions_->Delete(id, tenant);
+                  });
 }
 
 grpc::ServerUnaryReactor* AttentionService::Attend(
     grpc::CallbackServerContext* ctx, const v1::AttendRequest* req,
     v1::AttendResponse* resp) {
-  return RunUnary(ctx, "Attend", [this, ctx, req, resp] {
-    KVSKETCH_ASSIGN_OR_RETURN(
-        std::string id, ResolveSessionId(req->session_id(),
-                                         MetadataSessionId(*ctx), "session_id",
-                                         /*required=*/true));
-    KVSKETCH_ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
-                              sessions_->Find(id));
-    KVSKETCH_ASSIGN_OR_RETURN(
-        LayerOp op,
-        DecodeLayerOp(session->config(), "", req->layer(),
-                      req->has_keys() ? &req->keys() : nullptr,
-                      req->has_values() ? &req->values() : nullptr,
-                      req->has_queries() ? &req->queries() : nullptr,
-                      QueryRule::kRequired));
-    op.want_diagnostics = req->want_diagnostics();
-    KVSKETCH_RETURN_IF_ERROR(CheckCallAlive(ctx));
-    int64_t num_tokens = 0;
-    KVSKETCH_RETURN_IF_ERROR(RunLayerOp(*session, op, resp->mutable_output(),
-                                        &num_tokens,
-                                        resp->mutable_diagnostics()));
-    resp->set_num_tokens(num_tokens);
-    return absl::OkStatus();
-  });
+  return RunUnary(
+      ctx, "Attend", [this, ctx, req, resp](const std::string& tenant) {
+        KVSKETCH_ASSIGN_OR_RETURN(
+            std::string id,
+            ResolveSessionId(req->session_id(), MetadataSessionId(*ctx),
+                             "session_id",
+                             /*required=*/true));
+        KVSKETCH_ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
+                                  sessions_->Find(id, tenant));
+        KVSKETCH_ASSIGN_OR_RETURN(
+            LayerOp op,
+            DecodeLayerOp(session->config(), "", req->layer(),
+                          req->has_keys() ? &req->keys() : nullptr,
+                          req->has_values() ? &req->values() : nullptr,
+                          req->has_queries() ? &req->queries() : nullptr,
+                          QueryRule::kRequired));
+        op.want_diagnostics = req->want_diagnostics();
+        KVSKETCH_RETURN_IF_ERROR(CheckCallAlive(ctx));
+        int64_t num_tokens = 0;
+        KVSKETCH_RETURN_IF_ERROR(RunLayerOp(*session, op,
+                                            resp->mutable_output(), &num_tokens,
+                                            resp->mutable_diagnostics()));
+        resp->set_num_tokens(num_tokens);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* AttentionService::Prefill(
     grpc::CallbackServerContext* ctx, const v1::PrefillRequest* req,
     v1::PrefillResponse* resp) {
-  return RunUnary(ctx, "Prefill", [this, ctx, req, resp] {
-    KVSKETCH_ASSIGN_OR_RETURN(
-        std::string id, ResolveSessionId(req->session_id(),
-                                         MetadataSessionId(*ctx), "session_id",
-                                         /*required=*/true));
-    KVSKETCH_ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
-                              sessions_->Find(id));
-    KVSKETCH_ASSIGN_OR_RETURN(
-        LayerOp op,
-        DecodeLayerOp(session->config(), "", req->layer(),
-                      req->has_keys() ? &req->keys() : nullptr,
-                      req->has_values() ? &req->values() : nullptr,
-                      req->has_queries() ? &req->queries() : nullptr,
-                      QueryRule::kPrefill));
-    KVSKETCH_RETURN_IF_ERROR(CheckCallAlive(ctx));
-    int64_t num_tokens = 0;
-    KVSKETCH_RETURN_IF_ERROR(
-        RunLayerOp(*session, op, resp->mutable_output(), &num_tokens));
-    resp->set_num_tokens(num_tokens);
-    return absl::OkStatus();
-  });
+  return RunUnary(
+      ctx, "Prefill", [this, ctx, req, resp](const std::string& tenant) {
+        KVSKETCH_ASSIGN_OR_RETURN(
+            std::string id,
+            ResolveSessionId(req->session_id(), MetadataSessionId(*ctx),
+                             "session_id",
+                             /*required=*/true));
+        KVSKETCH_ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
+                                  sessions_->Find(id, tenant));
+        KVSKETCH_ASSIGN_OR_RETURN(
+            LayerOp op,
+            DecodeLayerOp(session->config(), "", req->layer(),
+                          req->has_keys() ? &req->keys() : nullptr,
+                          req->has_values() ? &req->values() : nullptr,
+                          req->has_queries() ? &req->queries() : nullptr,
+                          QueryRule::kPrefill));
+        KVSKETCH_RETURN_IF_ERROR(CheckCallAlive(ctx));
+        int64_t num_tokens = 0;
+        KVSKETCH_RETURN_IF_ERROR(
+            RunLayerOp(*session, op, resp->mutable_output(), &num_tokens));
+        resp->set_num_tokens(num_tokens);
+        return absl::OkStatus();
+      });
 }
 
 }  // namespace kvsketch::server

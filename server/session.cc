@@ -27,8 +27,10 @@ std::string SpecKind(const std::string& spec) {
 }
 
 Session::Session(std::string id, std::unique_ptr<SessionState> state,
-                 absl::Time created, MemoryBudget* budget, Metrics* metrics)
+                 absl::Time created, MemoryBudget* budget, Metrics* metrics,
+                 std::string tenant)
     : id_(std::move(id)),
+      tenant_(std::move(tenant)),
       config_(state->config()),
       kinds_(LayerKinds(*state)),
       created_(created),

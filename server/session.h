@@ -37,14 +37,18 @@ class Session {
   // Charges the state's current bytes to budget and metrics (unconditionally:
   // callers check limits first). REQUIRES: state != nullptr, budget and
   // metrics outlive the session.
+  // `tenant` owns the session ("" when the server runs without tokens); it
+  // is not part of the snapshot payload (docs/security.md).
   Session(std::string id, std::unique_ptr<SessionState> state,
-          absl::Time created, MemoryBudget* budget, Metrics* metrics);
+          absl::Time created, MemoryBudget* budget, Metrics* metrics,
+          std::string tenant = "");
   ~Session();
 
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
   const std::string& id() const { return id_; }
+  const std::string& tenant() const { return tenant_; }
   // Immutable after construction: safe without the lock.
   const SessionConfig& config() const { return config_; }
   // Approximator kind ("exact", "sketch", ...) of a layer, for metric labels.
@@ -123,6 +127,7 @@ class Session {
   void ReportMeasurements(int layer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string id_;
+  const std::string tenant_;
   const SessionConfig config_;
   const std::vector<std::string> kinds_;
   const absl::Time created_;

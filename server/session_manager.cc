@@ -70,8 +70,14 @@ absl::StatusOr<std::string> SessionManager::ExportSnapshot(
   return WrapSnapshot(payload);
 }
 
-SessionManager::Shard& SessionManager::ShardFor(absl::string_view id) const {
-  const size_t h = absl::Hash<absl::string_view>()(id);
+std::string SessionManager::MapKey(absl::string_view tenant,
+                                   absl::string_view id) {
+  if (tenant.empty()) return std::string(id);
+  return absl::StrCat(tenant, "/", id);
+}
+
+SessionManager::Shard& SessionManager::ShardFor(absl::string_view key) const {
+  const size_t h = absl::Hash<absl::string_view>()(key);
   return *shards_[h % shards_.size()];
 }
 
@@ -89,9 +95,10 @@ absl::Status SessionManager::ReserveSlot() {
 }
 
 absl::Status SessionManager::Insert(const std::shared_ptr<Session>& session) {
-  Shard& shard = ShardFor(session->id());
+  const std::string key = MapKey(session->tenant(), session->id());
+  Shard& shard = ShardFor(key);
   absl::MutexLock l(&shard.mu);
-  auto [it, inserted] = shard.map.try_emplace(session->id(), session);
+  auto [it, inserted] = shard.map.try_emplace(key, session);
   if (!inserted) {
     return absl::AlreadyExistsError(absl::StrCat(
         "session_id: session '", session->id(), "' already exists"));
@@ -100,7 +107,7 @@ absl::Status SessionManager::Insert(const std::shared_ptr<Session>& session) {
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Create(
-    absl::string_view id, SessionConfig config) {
+    absl::string_view id, SessionConfig config, absl::string_view tenant) {
   std::string session_id;
   if (id.empty()) {
     session_id = NewSessionId();
@@ -119,7 +126,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Create(
   }
   if (config.spec.empty()) config.spec = options_.default_spec;
   // Cheap checks before building (possibly large) state.
-  if (Find(session_id).ok()) {
+  if (Find(session_id, tenant).ok()) {
     return absl::AlreadyExistsError(
         absl::StrCat("session_id: session '", session_id, "' already exists"));
   }
@@ -131,8 +138,9 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Create(
     return absl::Status(state.status().code(),
                         absl::StrCat("config.", state.status().message()));
   }
-  auto session = std::make_shared<Session>(session_id, *std::move(state),
-                                           absl::Now(), budget_, metrics_);
+  auto session =
+      std::make_shared<Session>(session_id, *std::move(state), absl::Now(),
+                                budget_, metrics_, std::string(tenant));
   if (absl::Status s = Insert(session); !s.ok()) {
     session->Close();
     ReleaseSlot();
@@ -143,7 +151,8 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Create(
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Import(
-    absl::string_view id, absl::string_view blob, bool newly_created) {
+    absl::string_view id, absl::string_view blob, bool newly_created,
+    absl::string_view tenant) {
   if (!id.empty()) {
     KVSKETCH_RETURN_IF_ERROR(ValidateSessionId(id, "session_id"));
   }
@@ -159,7 +168,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Import(
                             SessionState::Load(reader));
   KVSKETCH_RETURN_IF_ERROR(reader.ExpectEnd("snapshot"));
   const std::string session_id = id.empty() ? stored_id : std::string(id);
-  if (Find(session_id).ok()) {
+  if (Find(session_id, tenant).ok()) {
     return absl::AlreadyExistsError(
         absl::StrCat("session_id: session '", session_id, "' already exists"));
   }
@@ -170,8 +179,9 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Import(
     ReleaseSlot();
     return s;
   }
-  auto session = std::make_shared<Session>(session_id, std::move(state),
-                                           absl::Now(), budget_, metrics_);
+  auto session =
+      std::make_shared<Session>(session_id, std::move(state), absl::Now(),
+                                budget_, metrics_, std::string(tenant));
   budget_->Adjust(-bytes);  // the Session charged its real bytes itself
   if (absl::Status s = Insert(session); !s.ok()) {
     session->Close();
@@ -183,10 +193,15 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Import(
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(
-    absl::string_view id) const {
-  Shard& shard = ShardFor(id);
+    absl::string_view id, absl::string_view tenant) const {
+  // Decode looks up every entry: without tenants the key is the id itself,
+  // no allocation.
+  std::string tenant_key;
+  if (!tenant.empty()) tenant_key = MapKey(tenant, id);
+  const absl::string_view key = tenant.empty() ? id : tenant_key;
+  Shard& shard = ShardFor(key);
   absl::ReaderMutexLock l(&shard.mu);
-  auto it = shard.map.find(id);
+  auto it = shard.map.find(key);
   if (it == shard.map.end()) {
     return absl::NotFoundError(
         absl::StrCat("session_id: no session '", id, "'"));
@@ -194,18 +209,19 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(
   return it->second;
 }
 
-std::shared_ptr<Session> SessionManager::Remove(absl::string_view id) {
-  Shard& shard = ShardFor(id);
+std::shared_ptr<Session> SessionManager::Remove(absl::string_view key) {
+  Shard& shard = ShardFor(key);
   absl::MutexLock l(&shard.mu);
-  auto it = shard.map.find(id);
+  auto it = shard.map.find(key);
   if (it == shard.map.end()) return nullptr;
   std::shared_ptr<Session> session = std::move(it->second);
   shard.map.erase(it);
   return session;
 }
 
-absl::Status SessionManager::Delete(absl::string_view id) {
-  std::shared_ptr<Session> session = Remove(id);
+absl::Status SessionManager::Delete(absl::string_view id,
+                                    absl::string_view tenant) {
+  std::shared_ptr<Session> session = Remove(MapKey(tenant, id));
   if (session == nullptr) {
     return absl::NotFoundError(
         absl::StrCat("session_id: no session '", id, "'"));
@@ -217,12 +233,14 @@ absl::Status SessionManager::Delete(absl::string_view id) {
 }
 
 std::vector<std::shared_ptr<Session>> SessionManager::List(
-    absl::string_view after, int limit, bool* more) const {
+    absl::string_view after, int limit, bool* more,
+    absl::string_view tenant) const {
   std::vector<std::shared_ptr<Session>> out;
   for (const auto& shard : shards_) {
     absl::ReaderMutexLock l(&shard->mu);
-    for (const auto& [id, session] : shard->map) {
-      if (after.empty() || id > after) out.push_back(session);
+    for (const auto& [key, session] : shard->map) {
+      if (session->tenant() != tenant) continue;
+      if (after.empty() || session->id() > after) out.push_back(session);
     }
   }
   std::sort(out.begin(), out.end(),

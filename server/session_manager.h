@@ -1,9 +1,17 @@
 // File: server/session_manager.h
 //
-// Every live session, in a sharded map (shard = hash(id) mod num_shards, each
+// Every live session, in a sharded map (shard = hash(key) mod num_shards, each
 // shard its own absl::Mutex so lookups of different sessions rarely contend).
 // Enforces max_sessions and, at import, the memory budget; runs the idle-TTL
 // reaper thread.
+//
+// Tenancy (server/auth.h, docs/security.md): every operation names the
+// tenant it acts for ("" without --auth_tokens_file). Each tenant has its own
+// id namespace -- the map key is "tenant/id" ('/' is in neither alphabet) --
+// so another tenant's session is simply absent: Find/Delete answer exactly
+// the NotFound of an id nobody uses, Create of an id another tenant holds
+// succeeds, and List shows only the caller's sessions. Nothing a tenant can
+// send distinguishes "exists elsewhere" from "does not exist".
 //
 // Lock order: a shard lock is held only to read or change the map (copying a
 // shared_ptr); it is never held while taking a session lock, and no two shard
@@ -54,28 +62,34 @@ class SessionManager {
 
   // InvalidArgument (id syntax, config), AlreadyExists, ResourceExhausted
   // (max_sessions, max_tokens above the server's limit is InvalidArgument).
-  // An empty id makes a random one.
+  // An empty id makes a random one. The session belongs to `tenant`.
   absl::StatusOr<std::shared_ptr<Session>> Create(absl::string_view id,
-                                                  SessionConfig config);
+                                                  SessionConfig config,
+                                                  absl::string_view tenant);
 
   // Imports a snapshot blob (core/io/snapshot.h envelope around
   // Session::SavePayload). id "" keeps the stored id. DataLoss (corrupt),
   // AlreadyExists, ResourceExhausted (max_sessions, memory budget).
-  // newly_created counts it in kvsketch_sessions_created_total.
+  // newly_created counts it in kvsketch_sessions_created_total. The
+  // session belongs to `tenant` (the payload carries no owner).
   absl::StatusOr<std::shared_ptr<Session>> Import(absl::string_view id,
                                                   absl::string_view blob,
-                                                  bool newly_created);
+                                                  bool newly_created,
+                                                  absl::string_view tenant);
 
-  // NotFound naming the id.
-  absl::StatusOr<std::shared_ptr<Session>> Find(absl::string_view id) const;
+  // NotFound naming the id (also for another tenant's session).
+  absl::StatusOr<std::shared_ptr<Session>> Find(absl::string_view id,
+                                                absl::string_view tenant) const;
 
   // NotFound, or removes and closes the session (evicted reason "deleted").
-  absl::Status Delete(absl::string_view id);
+  absl::Status Delete(absl::string_view id, absl::string_view tenant);
 
-  // Sessions with id > after, in id order, at most limit of them; *more is
-  // set when further sessions follow. O(n log n) in the session count.
+  // The tenant's sessions with id > after, in id order, at most limit of
+  // them; *more is set when further sessions follow. O(n log n) in the
+  // session count of all tenants.
   std::vector<std::shared_ptr<Session>> List(absl::string_view after, int limit,
-                                             bool* more) const;
+                                             bool* more,
+                                             absl::string_view tenant) const;
 
   // Every session (any order).
   std::vector<std::shared_ptr<Session>> All() const;
@@ -96,7 +110,9 @@ class SessionManager {
   // 1-128 characters of [A-Za-z0-9._-]; InvalidArgument naming `field`.
   static absl::Status ValidateSessionId(absl::string_view id,
                                         absl::string_view field);
-  // 128 random bits as 32 lowercase hex digits.
+  // 128 random bits as 32 lowercase hex digits, from a generator seeded
+  // by the OS entropy source: unguessable, so an id is no weaker a secret
+  // than a token (a guess succeeds with probability 2^-128 per try).
   static std::string NewSessionId();
   // The snapshot blob of a session: WrapSnapshot(SavePayload()).
   static absl::StatusOr<std::string> ExportSnapshot(const Session& session);
@@ -108,14 +124,16 @@ class SessionManager {
         ABSL_GUARDED_BY(mu);
   };
 
-  Shard& ShardFor(absl::string_view id) const;
+  // "tenant/id", or just id for the "" tenant.
+  static std::string MapKey(absl::string_view tenant, absl::string_view id);
+  Shard& ShardFor(absl::string_view key) const;
   // Takes a slot under max_sessions or ResourceExhausted.
   absl::Status ReserveSlot();
   void ReleaseSlot() { count_.fetch_sub(1, std::memory_order_relaxed); }
   // Inserts under the shard lock; AlreadyExists if taken (slot released by
   // the caller).
   absl::Status Insert(const std::shared_ptr<Session>& session);
-  std::shared_ptr<Session> Remove(absl::string_view id);
+  std::shared_ptr<Session> Remove(absl::string_view key);
   void ReaperLoop();
 
   const SessionManagerOptions options_;

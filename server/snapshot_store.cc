@@ -103,7 +103,11 @@ absl::StatusOr<int> SaveAllSessions(const std::string& data_dir,
       if (absl::IsNotFound(blob.status())) continue;  // deleted meanwhile
       return blob.status();
     }
-    const std::string name = session->id() + kSnapshotExtension;
+    const std::string name =
+        session->tenant().empty()
+            ? absl::StrCat(session->id(), kSnapshotExtension)
+            : absl::StrCat(session->tenant(), kTenantSeparator, session->id(),
+                           kSnapshotExtension);
     KVSKETCH_RETURN_IF_ERROR(WriteFileAtomically((dir / name).string(), *blob));
     written.insert(name);
   }
@@ -140,8 +144,14 @@ absl::StatusOr<int> RestoreAllSessions(const std::string& data_dir,
   for (const fs::path& file : files) {
     KVSKETCH_ASSIGN_OR_RETURN(std::string blob,
                               ReadFileToString(file.string()));
+    // The owner is in the file name, not the blob (the blob is the same
+    // bytes ExportSession hands to clients, which must not carry it).
+    const std::string stem = file.stem().string();
+    const size_t sep = stem.find(kTenantSeparator);
+    const std::string tenant =
+        sep == std::string::npos ? "" : stem.substr(0, sep);
     absl::StatusOr<std::shared_ptr<Session>> session =
-        sessions->Import("", blob, /*newly_created=*/false);
+        sessions->Import("", blob, /*newly_created=*/false, tenant);
     if (session.ok()) {
       ++restored;
       continue;

@@ -2,6 +2,8 @@
 //
 // Session snapshots on disk for --data_dir restarts:
 //   <data_dir>/sessions/<id>.kvss   one snapshot blob per session
+//   <data_dir>/sessions/<tenant>~<id>.kvss   ... of a tenant's session
+//                                   ('~' is in neither name's alphabet)
 //   <data_dir>/corrupt/             unreadable files moved aside (opt-in)
 // Files are written atomically (tmp file, fsync, rename, fsync directory), so
 // a crash leaves either the old or the new snapshot, never a torn one.
@@ -18,6 +20,7 @@
 namespace kvsketch::server {
 
 inline constexpr char kSnapshotExtension[] = ".kvss";
+inline constexpr char kTenantSeparator[] = "~";
 
 // Writes bytes to path atomically (path + ".tmp", fsync, rename, fsync dir).
 absl::Status WriteFileAtomically(const std::string& path,

@@ -11,14 +11,62 @@
 #include <iostream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace kvsketch::client::cli {
 
+std::vector<OptionSpec> SecurityOptions() {
+  const char* env_token = std::getenv("KVSKETCH_TOKEN_FILE");
+  return {
+      {.name = "tls", .help = "connect over TLS (implied by --tls-*)"},
+      {.name = "tls-ca",
+       .value_name = "FILE",
+       .help = "PEM CA bundle that signed the server certificate (default: "
+               "system roots)"},
+      {.name = "tls-cert",
+       .value_name = "FILE",
+       .help = "PEM client certificate, for a server with mutual TLS"},
+      {.name = "tls-key",
+       .value_name = "FILE",
+       .help = "PEM private key of --tls-cert"},
+      {.name = "tls-server-name",
+       .value_name = "NAME",
+       .help = "name to check the server certificate against"},
+      {.name = "token-file",
+       .value_name = "FILE",
+       .default_value = env_token != nullptr ? env_token : "",
+       .help = "file holding the bearer token (env KVSKETCH_TOKEN_FILE)"},
+  };
+}
+
+absl::Status ApplySecurityOptions(const ParsedArgs& args,
+                                  ClientOptions* options) {
+  options->tls = args.Flag("tls");
+  options->tls_ca_file = args.Get("tls-ca");
+  options->tls_cert_file = args.Get("tls-cert");
+  options->tls_key_file = args.Get("tls-key");
+  options->tls_server_name = args.Get("tls-server-name");
+  const std::string& path = args.Get("token-file");
+  if (path.empty()) return absl::OkStatus();
+  // The token is a secret: messages name the file, never its contents.
+  absl::StatusOr<std::string> token = ReadFile(path);
+  if (!token.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--token-file: ", token.status().message()));
+  }
+  options->bearer_token = std::string(absl::StripAsciiWhitespace(*token));
+  if (options->bearer_token.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--token-file: ", path, " is empty"));
+  }
+  return absl::OkStatus();
+}
+
 std::vector<OptionSpec> CommonOptions() {
   const char* env = std::getenv("KVSKETCH_SERVER");
-  return {
+  std::vector<OptionSpec> options = {
       {.name = "server",
        .value_name = "HOST:PORT",
        .default_value = env != nullptr && *env ? env : "127.0.0.1:50051",
@@ -27,7 +75,14 @@ std::vector<OptionSpec> CommonOptions() {
        .value_name = "DURATION",
        .default_value = "30s",
        .help = "deadline of each call"},
+      {.name = "retries",
+       .value_name = "N",
+       .default_value = "2",
+       .help = "retries of a call refused as busy or (reads only) "
+               "unavailable, with exponential backoff within --timeout"},
   };
+  for (OptionSpec& s : SecurityOptions()) options.push_back(std::move(s));
+  return options;
 }
 
 std::vector<OptionSpec> WithCommon(std::vector<OptionSpec> extra) {
@@ -45,7 +100,23 @@ std::unique_ptr<AttentionClient> MakeClient(const ParsedArgs& args) {
   ClientOptions options;
   options.timeout =
       *timeout == absl::ZeroDuration() ? absl::InfiniteDuration() : *timeout;
-  return AttentionClient::Connect(args.Get("server"), options);
+  absl::StatusOr<int64_t> retries = args.GetInt("retries");
+  if (!retries.ok() || *retries < 0 || *retries > 100) {
+    UsageError("--retries: want an integer 0..100");
+    return nullptr;
+  }
+  options.retry.max_attempts = static_cast<int>(*retries) + 1;
+  if (absl::Status s = ApplySecurityOptions(args, &options); !s.ok()) {
+    UsageError(s.message());
+    return nullptr;
+  }
+  absl::StatusOr<std::unique_ptr<AttentionClient>> client =
+      AttentionClient::Open(args.Get("server"), options);
+  if (!client.ok()) {
+    UsageError(client.status().message());
+    return nullptr;
+  }
+  return *std::move(client);
 }
 
 int UsageError(absl::string_view message) {

@@ -37,13 +37,22 @@ struct Command {
   CommandFn run;
 };
 
-// --server (default 127.0.0.1:50051 or $KVSKETCH_SERVER) and --timeout.
+// --server (default 127.0.0.1:50051 or $KVSKETCH_SERVER), --timeout,
+// --retries (RetryPolicy, default 2), and
+// the security options --tls, --tls-ca, --tls-cert, --tls-key,
+// --tls-server-name, --token-file (default $KVSKETCH_TOKEN_FILE).
 std::vector<OptionSpec> CommonOptions();
+// The security subset of CommonOptions (also used by kvsketch-loadgen).
+std::vector<OptionSpec> SecurityOptions();
+// Fills the TLS fields and bearer_token of `options` from SecurityOptions();
+// InvalidArgument naming --token-file if it cannot be read or is empty.
+absl::Status ApplySecurityOptions(const ParsedArgs& args,
+                                  ClientOptions* options);
 // CommonOptions() plus `extra`.
 std::vector<OptionSpec> WithCommon(std::vector<OptionSpec> extra);
 
-// Builds a client from --server/--timeout. Returns nullptr after printing a
-// usage error (bad --timeout) to stderr.
+// Builds a client from the common options. Returns nullptr after printing a
+// usage error (bad --timeout, unreadable TLS or token file) to stderr.
 std::unique_ptr<AttentionClient> MakeClient(const ParsedArgs& args);
 
 // Prints "error: <message>" (and a --help hint) to stderr; returns 2.
@@ -82,6 +91,9 @@ std::vector<OptionSpec> ImportFlags();
 int RunImport(const ParsedArgs& args);
 std::vector<OptionSpec> HealthFlags();
 int RunHealth(const ParsedArgs& args);
+// migrate_commands.cc (Export -> Import -> Delete between two servers)
+std::vector<OptionSpec> MigrateFlags();
+int RunMigrate(const ParsedArgs& args);
 
 // eval_commands.cc (in-process; no server)
 std::vector<OptionSpec> EvalFlags();
@@ -91,15 +103,12 @@ int RunCalibrate(const ParsedArgs& args);
 
 // llama_commands.cc (a llama2.c model decoding through kvsketch)
 std::vector<OptionSpec> LlamaFlags();
-// migrate_commands.cc (Export -> Import -> Delete between two servers)
-std::vector<OptionSpec> MigrateFlags();
-int RunMigrate(const ParsedArgs& args);
 int RunLlama(const ParsedArgs& args);
 
-}  // namespace kvsketch::client::cli
-
-#endif  // KVSKETCH_CLIENT_CLI_COMMAND_H_
 // fit_commands.cc (attention regression and storage correction; in-process)
 std::vector<OptionSpec> FitFlags();
 int RunFit(const ParsedArgs& args);
 
+}  // namespace kvsketch::client::cli
+
+#endif  // KVSKETCH_CLIENT_CLI_COMMAND_H_

@@ -28,14 +28,16 @@ TEST(BusyTest, RefusedPoolAnswersResourceExhaustedOnEveryRpcShape) {
   MemoryBudget budget(int64_t{1} << 30);
   SessionManager sessions(SessionManagerOptions{}, &budget, &metrics);
   ASSERT_TRUE(sessions
-                  .Create("s",
-                          [] {
-                            SessionConfig c;
-                            c.num_layers = 1;
-                            c.num_kv_heads = 1;
-                            c.head_dim = 4;
-                            return c;
-                          }())
+                  .Create(
+                      "s",
+                      [] {
+                        SessionConfig c;
+                        c.num_layers = 1;
+                        c.num_kv_heads = 1;
+                        c.head_dim = 4;
+                        return c;
+                      }(),
+                      /*tenant=*/"")
                   .ok());
   WorkerPool pool(1, 1);
   pool.Stop();  // refuses every task from now on
@@ -97,10 +99,10 @@ TEST(BusyTest, RefusedPoolAnswersResourceExhaustedOnEveryRpcShape) {
     expect_busy(writer->Finish(), "ImportSession");
   }
   // Nothing ran: the session is untouched.
-  auto s = sessions.Find("s");
+  auto s = sessions.Find("s", "");
   ASSERT_TRUE(s.ok());
   EXPECT_EQ((*s)->tokens_per_layer(), std::vector<int64_t>{0});
-  EXPECT_FALSE(sessions.Find("new").ok());
+  EXPECT_FALSE(sessions.Find("new", "").ok());
   const std::string m = metrics.Scrape();
   for (const char* method : {"CreateSession", "Attend", "Append", "Decode",
                              "ExportSession", "ImportSession"}) {
