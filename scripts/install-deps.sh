@@ -23,6 +23,7 @@ TEST_PACKAGES=(
   python3-numpy     # .npy interoperability checks
   curl
   openssl           # TLS tests make throw-away certificates with the CLI
+  nginx-light haproxy python3-yaml  # deploy/ checks (ctest -L deploy)
   clang-format      # scripts/check-format.sh
 )
 # What `ldd` of kvsketch-server, kvsketch and kvsketch-loadgen resolves to

@@ -21,6 +21,7 @@
 // B), held in client memory once.
 #include <algorithm>
 #include <iostream>
+#include <memory>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -94,8 +95,22 @@ int RunMigrate(const ParsedArgs& args) {
   ClientOptions options;
   options.timeout =
       *timeout == absl::ZeroDuration() ? absl::InfiniteDuration() : *timeout;
-  auto source = AttentionClient::Connect(from, options);
-  auto destination = AttentionClient::Connect(to, options);
+  // The same TLS files and bearer token for both ends (one tenant moving
+  // its own session); retries stay off: each step's outcome decides the
+  // next one.
+  if (absl::Status s = ApplySecurityOptions(args, &options); !s.ok()) {
+    return UsageError(s.message());
+  }
+  absl::StatusOr<std::unique_ptr<AttentionClient>> opened_source =
+      AttentionClient::Open(from, options);
+  if (!opened_source.ok()) return UsageError(opened_source.status().message());
+  absl::StatusOr<std::unique_ptr<AttentionClient>> opened_destination =
+      AttentionClient::Open(to, options);
+  if (!opened_destination.ok()) {
+    return UsageError(opened_destination.status().message());
+  }
+  std::unique_ptr<AttentionClient> source = *std::move(opened_source);
+  std::unique_ptr<AttentionClient> destination = *std::move(opened_destination);
 
   // 1. Export: the snapshot and the source's state at that moment.
   absl::StatusOr<std::string> blob = source->ExportSession(id);

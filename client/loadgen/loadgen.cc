@@ -326,7 +326,9 @@ int64_t LoadgenReport::total_errors() const {
 absl::StatusOr<LoadgenReport> RunLoadgen(const LoadgenOptions& options,
                                          const std::atomic<bool>* stop) {
   KVSKETCH_RETURN_IF_ERROR(Validate(options));
-  auto client = AttentionClient::Connect(options.server);
+  KVSKETCH_ASSIGN_OR_RETURN(
+      std::unique_ptr<AttentionClient> client,
+      AttentionClient::Open(options.server, options.client));
 
   // --- Setup: sessions (and their context) ---
   v1::SessionConfig config;
@@ -341,8 +343,15 @@ absl::StatusOr<LoadgenReport> RunLoadgen(const LoadgenOptions& options,
     for (const std::string& id : ids) client->DeleteSession(id).ok();
   };
   std::mt19937_64 rng(options.seed);
+  // Client-chosen ids (see LoadgenOptions::session_prefix): a server-chosen
+  // id would be unknown to a proxy when it routes the CreateSession call.
+  std::string prefix = options.session_prefix;
+  if (prefix.empty()) {
+    prefix = absl::StrFormat("lg-%08x-", std::random_device()());
+  }
   for (int i = 0; i < options.sessions; ++i) {
-    absl::StatusOr<v1::SessionInfo> info = client->CreateSession(config);
+    absl::StatusOr<v1::SessionInfo> info =
+        client->CreateSession(config, absl::StrCat(prefix, i));
     if (!info.ok()) {
       cleanup();
       return absl::Status(

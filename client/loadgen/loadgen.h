@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/attention_client.h"
 #include "client/loadgen/histogram.h"
 #include "kvsketch/v1/attention.pb.h"
 
@@ -27,6 +28,9 @@ namespace kvsketch::client {
 
 struct LoadgenOptions {
   std::string server = "127.0.0.1:50051";
+  // Transport and identity (TLS files, bearer token; docs/security.md).
+  // Retries stay off: the report counts every refusal.
+  ClientOptions client;
   int sessions = 64;
   // Sessions whose entries share one stream and one step (a batching
   // runtime); the number of streams is ceil(sessions / this).
@@ -49,6 +53,11 @@ struct LoadgenOptions {
   v1::DType dtype = v1::F32;
   uint64_t seed = 1;
   bool keep_sessions = false;
+  // Session ids are chosen here, `<prefix><i>`, so that CreateSession already
+  // carries x-session-id and a hashing proxy (deploy/nginx) places the
+  // session on the replica that will receive its Decode stream. "" picks a
+  // random prefix "lg-<8 hex>-" per run.
+  std::string session_prefix;
   // A progress line on stderr at this period; zero disables it.
   absl::Duration progress_interval = absl::Seconds(1);
 };

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/cli/args.h"
+#include "client/cli/command.h"
 #include "client/loadgen/loadgen.h"
 #include "client/tensor_ref.h"
 
@@ -78,6 +79,11 @@ std::vector<cli::OptionSpec> Flags() {
        .value_name = "N",
        .default_value = "1",
        .help = "random seed of the data"},
+      {.name = "session-prefix",
+       .value_name = "P",
+       .default_value = "",
+       .help =
+           "session ids are P0, P1, ... (\"\" = a random \"lg-XXXXXXXX-\")"},
       {.name = "json", .help = "print one JSON object on stdout"},
       {.name = "keep-sessions",
        .help = "do not delete the sessions at the end"},
@@ -86,7 +92,8 @@ std::vector<cli::OptionSpec> Flags() {
 }
 
 int Main(int argc, char** argv) {
-  const std::vector<cli::OptionSpec> specs = Flags();
+  std::vector<cli::OptionSpec> specs = Flags();
+  for (cli::OptionSpec& s : cli::SecurityOptions()) specs.push_back(s);
   absl::StatusOr<cli::ParsedArgs> args =
       cli::ParseArgs(specs, absl::Span<const char* const>(argv + 1, argc - 1));
   auto usage_error = [](absl::string_view message) {
@@ -112,7 +119,11 @@ int Main(int argc, char** argv) {
   }
   LoadgenOptions o;
   o.server = args->Get("server");
+  if (absl::Status s = cli::ApplySecurityOptions(*args, &o.client); !s.ok()) {
+    return usage_error(s.message());
+  }
   o.spec = args->Get("spec");
+  o.session_prefix = args->Get("session-prefix");
   struct IntFlag {
     const char* name;
     int64_t min;

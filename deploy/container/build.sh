@@ -7,9 +7,12 @@
 #      `FROM debian:bookworm` resolves locally and apt inside the build uses
 #      the same mirror;
 #   2. `podman build --isolation=chroot --pull=never -t kvsketch:latest .`
-#      from the repository root.
+#      from the repository root (the working tree, edits included), or with
+#      --git-ref REF from `git archive REF` (exactly a commit: what CI and
+#      releases should build, unaffected by uncommitted edits).
 #
 # Usage: deploy/container/build.sh [--base-only] [--tag NAME] [--rebuild-base]
+#                                  [--git-ref REF]
 # Needs root (debootstrap, podman storage). Installs podman, buildah,
 # debootstrap and runc through apt when they are missing.
 set -euo pipefail
@@ -19,13 +22,16 @@ TAG="kvsketch:latest"
 BASE="debian:bookworm"
 BASE_ONLY=0
 REBUILD_BASE=0
+GIT_REF=""
 while (($#)); do
   case "$1" in
     --base-only) BASE_ONLY=1 ;;
     --rebuild-base) REBUILD_BASE=1 ;;
     --tag) TAG="$2"; shift ;;
     --tag=*) TAG="${1#--tag=}" ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --git-ref) GIT_REF="$2"; shift ;;
+    --git-ref=*) GIT_REF="${1#--git-ref=}" ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -110,7 +116,15 @@ if ((BASE_ONLY)); then
   exit 0
 fi
 
-cd "$REPO"
+CONTEXT="$REPO"
+if [[ -n "$GIT_REF" ]]; then
+  CONTEXT="$(mktemp -d /var/tmp/kvsketch-context.XXXXXX)"
+  trap 'rm -rf "$CONTEXT"' EXIT
+  git -C "$REPO" archive --format=tar "$GIT_REF" | tar -x -C "$CONTEXT"
+  echo "build.sh: context is git archive $GIT_REF" \
+    "($(git -C "$REPO" rev-parse --short "$GIT_REF"))"
+fi
+cd "$CONTEXT"
 echo "build.sh: podman build -t $TAG (this compiles the project: ~10+ min on 2 cores)"
 start=$(date +%s)
 # docker format: OCI images cannot carry the HEALTHCHECK.

@@ -12,11 +12,36 @@
 #      installed);
 #   5. SIGTERM (podman stop) exits 0, and a new container on the same volume
 #      restores the session from /data;
-#   6. prints the image size.
-# Usage: deploy/container/smoke-test.sh [IMAGE]   (default kvsketch:latest)
+#   6. the server runs as the image's non-root user (uid 10001), checked
+#      on the running process, not only on the image's metadata;
+#   7. with a host build (--host-build DIR, default build/release when it
+#      has the binaries), a host kvsketch-loadgen drives Decode streams
+#      through the published gRPC port;
+#   8. prints the image size.
+# Usage: deploy/container/smoke-test.sh [--reuse] [--git-ref REF]
+#          [--host-build DIR] [IMAGE]              (default kvsketch:latest)
+#   By default the image is built first with deploy/container/build.sh
+#   (passing --git-ref); --reuse tests the existing image as it is.
 set -euo pipefail
 
-IMAGE="${1:-kvsketch:latest}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+IMAGE="kvsketch:latest"
+REUSE=0
+GIT_REF=""
+HOST_BUILD="$REPO/build/release"
+while (($#)); do
+  case "$1" in
+    --reuse) REUSE=1 ;;
+    --git-ref) GIT_REF="$2"; shift ;;
+    --git-ref=*) GIT_REF="${1#*=}" ;;
+    --host-build) HOST_BUILD="$2"; shift ;;
+    --host-build=*) HOST_BUILD="${1#*=}" ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -*) echo "smoke-test.sh: unknown option '$1'" >&2; exit 2 ;;
+    *) IMAGE="$1" ;;
+  esac
+  shift
+done
 NAME="kvsketch-smoke-$$"
 VOLUME="kvsketch-smoke-data-$$"
 RUN_FLAGS=(--runtime runc)
@@ -44,7 +69,18 @@ trap cleanup EXIT
 
 command -v curl >/dev/null || fail "curl is needed (apt-get install curl)"
 command -v python3 >/dev/null || fail "python3 is needed for the reference"
-podman image exists "$IMAGE" || fail "image $IMAGE not found; run deploy/container/build.sh"
+if ((REUSE)); then
+  podman image exists "$IMAGE" ||
+    fail "image $IMAGE not found; run deploy/container/build.sh (or drop --reuse)"
+  log "reusing image $IMAGE ($(podman image inspect --format '{{.Created}}' "$IMAGE"))"
+else
+  build_args=(--tag "$IMAGE")
+  [[ -n "$GIT_REF" ]] && build_args+=(--git-ref "$GIT_REF")
+  log "building $IMAGE (deploy/container/build.sh ${build_args[*]})"
+  "$REPO/deploy/container/build.sh" "${build_args[@]}" >"$WORK/build.log" 2>&1 ||
+    { tail -n 30 "$WORK/build.log" >&2; fail "image build failed (log tail above)"; }
+  tail -n1 "$WORK/build.log" | sed 's/^/smoke: /'
+fi
 
 # --- Inputs and the reference output (stdlib only: no numpy needed) ---
 python3 - "$WORK" <<'PY'
@@ -126,7 +162,19 @@ podman volume create "$VOLUME" >/dev/null
 log "image $IMAGE; starting container $NAME"
 start_container
 metrics_port="$(podman port "$cid" 9464/tcp | head -n1 | sed 's/.*://')"
-log "metrics published on 127.0.0.1:$metrics_port"
+grpc_port="$(podman port "$cid" 50051/tcp | head -n1 | sed 's/.*://')"
+log "gRPC published on 127.0.0.1:$grpc_port, metrics on 127.0.0.1:$metrics_port"
+
+# Non-root: the image's configured user, and the uid the server (pid 1 of
+# the container) actually runs with.
+image_user="$(podman image inspect --format '{{.Config.User}}' "$IMAGE")"
+server_uid="$(podman exec "$cid" sh -c 'awk "/^Uid:/ {print \$2}" /proc/1/status')"
+exec_uid="$(podman exec "$cid" id -u)"
+log "image USER '$image_user'; server process uid $server_uid; exec uid $exec_uid"
+[[ -n "$image_user" && "$image_user" != root && "$image_user" != 0 ]] ||
+  fail "the image does not set a non-root USER"
+[[ "$server_uid" =~ ^[0-9]+$ && "$server_uid" != 0 ]] ||
+  fail "the server runs as uid '$server_uid'"
 
 podman exec "$cid" mkdir -p /tmp/smoke
 for f in k.npy v.npy q.npy; do podman cp "$WORK/$f" "$cid:/tmp/smoke/$f"; done
@@ -164,6 +212,22 @@ if command -v promtool >/dev/null; then
   log "promtool check metrics: ok"
 fi
 log "/metrics: $(grep -c '^kvsketch_' "$WORK/metrics.txt") kvsketch_ samples"
+
+if [[ -x "$HOST_BUILD/client/kvsketch-loadgen" ]]; then
+  "$HOST_BUILD/client/kvsketch-loadgen" --server "127.0.0.1:$grpc_port" \
+    --sessions 2 --layers 2 --kv-heads 2 --query-heads 4 --head-dim 32 \
+    --prefill 32 --duration 2s --warmup 0s --quiet --json >"$WORK/loadgen.json" ||
+    fail "host kvsketch-loadgen against the container: $(cat "$WORK/loadgen.json")"
+  python3 - "$WORK/loadgen.json" <<'PY' || fail "loadgen report"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["steps"] > 0 and not r["errors"], r
+print(f"smoke: host loadgen via the published port: {r['steps']} Decode steps, "
+      f"{r['steps_per_second']:.0f} steps/s, p99 {r['latency_ms']['p99']:.2f} ms, 0 errors")
+PY
+else
+  log "no host build at $HOST_BUILD: skipping the host loadgen run"
+fi
 
 t0=$(date +%s)
 podman stop -t 30 "$cid" >/dev/null
