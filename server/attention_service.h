@@ -106,11 +106,16 @@ class AttentionService final : public v1::Attention::CallbackService {
   // false (nothing done) if the session lock is busy or the op's work
   // estimate exceeds *work_budget (which it then consumes); else true and the
   // op's status in *status. A null work_budget waits for the lock.
+  // pending_seq as for Session::Step: when given, the op's log record is
+  // not waited for (the caller calls Session::WaitDurable before
+  // answering); it must be given with a work_budget if the session has a
+  // log, since an inline op may not wait for an fsync.
   bool TryRunLayerOp(Session& session, const LayerOp& op, int64_t* work_budget,
                      v1::Tensor* output, int64_t* num_tokens,
                      absl::Status* status,
                      google::protobuf::RepeatedPtrField<v1::QueryDiagnostic>*
-                         diagnostics = nullptr) const;
+                         diagnostics = nullptr,
+                     uint64_t* pending_seq = nullptr) const;
 
   // Records the RPC in metrics: duration since start, error by code.
   void RecordRpc(absl::string_view method, const absl::Status& status,

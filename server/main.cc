@@ -128,6 +128,22 @@ ABSL_FLAG(std::string, data_dir, kDefaults.data_dir,
 ABSL_FLAG(bool, skip_corrupt_snapshots, kDefaults.skip_corrupt_snapshots,
           "at start, move corrupt snapshots to <data_dir>/corrupt/ instead "
           "of failing");
+ABSL_FLAG(bool, wal, kDefaults.wal,
+          "with --data_dir: a per-session write-ahead log in <data_dir>/wal "
+          "(every acknowledged token survives kill -9; sessions recovered at "
+          "start, checkpointed at shutdown); false: snapshots at shutdown "
+          "only");
+ABSL_FLAG(std::string, fsync, "every_batch",
+          "write-ahead log fsync policy: every_batch (an ack waits for an "
+          "fsync shared by concurrent steps), interval (at most one fsync "
+          "per --fsync_interval per session), off (ack after write(2): "
+          "survives kill -9, not power loss)");
+ABSL_FLAG(absl::Duration, fsync_interval, kDefaults.fsync_interval,
+          "with --fsync=interval: minimum time between two fsyncs of a log");
+ABSL_FLAG(ByteSize, checkpoint_log_bytes,
+          ByteSize{kDefaults.checkpoint_log_bytes},
+          "checkpoint a session and truncate its log once the log exceeds "
+          "this (bounds restart time and disk use); 0 = only at shutdown");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
           "on SIGTERM/SIGINT, time in-flight calls get before cancellation");
 
@@ -176,6 +192,19 @@ int main(int argc, char** argv) {
   o.default_spec = absl::GetFlag(FLAGS_default_spec);
   o.data_dir = absl::GetFlag(FLAGS_data_dir);
   o.skip_corrupt_snapshots = absl::GetFlag(FLAGS_skip_corrupt_snapshots);
+  o.wal = absl::GetFlag(FLAGS_wal);
+  {
+    auto policy = kvsketch::server::durability::ParseFsyncPolicy(
+        absl::GetFlag(FLAGS_fsync));
+    if (!policy.ok()) {
+      std::fprintf(stderr, "kvsketch-server: --fsync: %s\n",
+                   std::string(policy.status().message()).c_str());
+      return 2;
+    }
+    o.fsync_policy = *policy;
+  }
+  o.fsync_interval = absl::GetFlag(FLAGS_fsync_interval);
+  o.checkpoint_log_bytes = absl::GetFlag(FLAGS_checkpoint_log_bytes).bytes;
   o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   o.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
@@ -194,7 +223,7 @@ int main(int argc, char** argv) {
       "%s; max_sessions=%d memory_budget=%s max_tokens_per_session=%lld "
       "session_idle_ttl=%s worker_threads=%d max_queued_tasks=%d "
       "stream_pipeline_depth=%d max_message_bytes=%d default_spec=%s "
-      "data_dir=%s\n",
+      "data_dir=%s%s\n",
       (*server)->grpc_port(), o.listen_address.c_str(),
       o.metrics_address.empty()
           ? "(disabled)"
@@ -205,7 +234,20 @@ int main(int argc, char** argv) {
       absl::FormatDuration(o.session_idle_ttl).c_str(), o.worker_threads,
       o.max_queued_tasks, o.stream_pipeline_depth, o.max_message_bytes,
       o.default_spec.c_str(),
-      o.data_dir.empty() ? "(none)" : o.data_dir.c_str());
+      o.data_dir.empty() ? "(none)" : o.data_dir.c_str(),
+      o.data_dir.empty() || !o.wal
+          ? ""
+          : absl::StrCat(
+                " wal=on fsync=",
+                kvsketch::server::durability::FsyncPolicyName(o.fsync_policy),
+                o.fsync_policy ==
+                        kvsketch::server::durability::FsyncPolicy::kInterval
+                    ? absl::StrCat(" fsync_interval=",
+                                   absl::FormatDuration(o.fsync_interval))
+                    : "",
+                " checkpoint_log_bytes=",
+                AbslUnparseFlag(ByteSize{o.checkpoint_log_bytes}))
+                .c_str());
   const bool tls = !o.tls_cert_file.empty();
   const bool tokens = !o.auth_tokens_file.empty();
   std::fprintf(stderr, "kvsketch-server: security: tls=%s auth=%s\n",

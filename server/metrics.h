@@ -78,6 +78,18 @@ class Metrics {
   void SelfMeasured(absl::string_view approximator,
                     const SelfMeasurements& delta);
 
+  // Write-ahead log (server/wal_env.h counts every log and checkpoint
+  // file): kvsketch_wal_bytes_total, kvsketch_wal_fsyncs_total and the
+  // kvsketch_wal_fsync_seconds histogram; kvsketch_wal_failures_total counts
+  // sessions poisoned by a failed write or fsync.
+  void WalWrite(int64_t bytes);
+  void WalFsync(double seconds);
+  void WalFailure();
+  // What the last start recovered from the log (gauges):
+  // kvsketch_recovered_sessions, _records, _tokens, _torn_bytes.
+  void Recovered(int64_t sessions, int64_t records, int64_t tokens,
+                 int64_t torn_bytes);
+
   // The registry (for an HTTP Exposer) and the process collector.
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
   std::shared_ptr<ProcessCollector> process_collector() const {
@@ -102,6 +114,14 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* state_bytes_;
   prometheus::Family<prometheus::Counter>* rpc_errors_;
   prometheus::Counter* decode_steps_;
+  prometheus::Counter* wal_fsyncs_;
+  prometheus::Counter* wal_bytes_;
+  prometheus::Histogram* wal_fsync_seconds_;
+  prometheus::Counter* wal_failures_;
+  prometheus::Gauge* recovered_sessions_;
+  prometheus::Gauge* recovered_records_;
+  prometheus::Gauge* recovered_tokens_;
+  prometheus::Gauge* recovered_torn_bytes_;
   prometheus::Family<prometheus::Histogram>* dropped_mass_;
   prometheus::Family<prometheus::Counter>* recall_checks_;
   prometheus::Family<prometheus::Counter>* recall_sum_;

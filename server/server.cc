@@ -29,6 +29,7 @@
 #include "server/metrics.h"
 #include "server/session_manager.h"
 #include "server/snapshot_store.h"
+#include "server/wal_env.h"
 #include "server/worker_pool.h"
 
 namespace kvsketch::server {
@@ -68,6 +69,14 @@ absl::Status ValidateOptions(const ServerOptions& o) {
   if (o.stream_pipeline_depth < 1 || o.stream_pipeline_depth > 1024) {
     return bad("stream_pipeline_depth", o.stream_pipeline_depth,
                "want 1..1024");
+  }
+  if (o.fsync_interval <= absl::ZeroDuration() &&
+      o.fsync_policy == durability::FsyncPolicy::kInterval) {
+    return bad("fsync_interval", absl::FormatDuration(o.fsync_interval),
+               "want > 0 with --fsync=interval");
+  }
+  if (o.checkpoint_log_bytes < 0) {
+    return bad("checkpoint_log_bytes", o.checkpoint_log_bytes, "want >= 0");
   }
   if (o.decode_inline_work_limit < 0) {
     return bad("decode_inline_work_limit", o.decode_inline_work_limit,
@@ -111,12 +120,35 @@ class ServerImpl final : public Server {
       KVSKETCH_ASSIGN_OR_RETURN(
           auth_, TokenAuthenticator::LoadFile(options_.auth_tokens_file));
     }
+    const bool wal = !options_.data_dir.empty() && options_.wal;
+    if (wal) {
+      wal_env_ = std::make_unique<MeteredEnv>(options_.wal_env != nullptr
+                                                  ? options_.wal_env
+                                                  : durability::Env::Default(),
+                                              &metrics_);
+      so.wal_dir = options_.data_dir + "/wal";
+      so.durability.fsync_policy = options_.fsync_policy;
+      so.durability.fsync_interval = options_.fsync_interval;
+      so.durability.checkpoint_log_bytes = options_.checkpoint_log_bytes;
+      so.durability.env = wal_env_.get();
+    }
     sessions_ = std::make_unique<SessionManager>(so, &budget_, &metrics_);
+    if (wal) {
+      // The log first: it is the newest state of every session it holds.
+      KVSKETCH_ASSIGN_OR_RETURN(
+          RecoverySummary summary,
+          RecoverAllSessions(options_.data_dir, so.wal_dir, so.durability,
+                             options_.skip_corrupt_snapshots, sessions_.get()));
+      metrics_.Recovered(summary.sessions, summary.records, summary.tokens,
+                         summary.torn_bytes);
+      restored_ = summary.sessions;
+    }
     if (!options_.data_dir.empty()) {
       KVSKETCH_ASSIGN_OR_RETURN(
-          restored_,
+          int from_snapshots,
           RestoreAllSessions(options_.data_dir, options_.skip_corrupt_snapshots,
-                             sessions_.get()));
+                             sessions_.get(), /*migrate=*/wal));
+      restored_ += from_snapshots;
     }
     const int threads =
         options_.worker_threads > 0
@@ -212,7 +244,25 @@ class ServerImpl final : public Server {
     if (pool_ != nullptr) pool_->Stop();
     if (sessions_ != nullptr) sessions_->StopReaper();
     exposer_.reset();
-    if (sessions_ != nullptr && !options_.data_dir.empty() && started_ok_) {
+    if (sessions_ != nullptr && !options_.data_dir.empty() && options_.wal &&
+        started_ok_) {
+      // Checkpoint every session so the next start replays no log; the
+      // log is already complete without this, so a failure here loses
+      // nothing (it is reported, and the next start replays instead).
+      int checkpointed = 0;
+      for (const auto& session : sessions_->All()) {
+        absl::Status s = session->Checkpoint();
+        if (s.ok()) {
+          ++checkpointed;
+        } else if (shutdown_status_.ok()) {
+          shutdown_status_ = s;
+        }
+      }
+      std::fprintf(stderr,
+                   "kvsketch-server: checkpointed %d session(s) in %s\n",
+                   checkpointed, options_.data_dir.c_str());
+    } else if (sessions_ != nullptr && !options_.data_dir.empty() &&
+               started_ok_) {
       absl::StatusOr<int> saved =
           SaveAllSessions(options_.data_dir, *sessions_);
       if (saved.ok()) {
@@ -228,7 +278,7 @@ class ServerImpl final : public Server {
       std::fprintf(
           stderr, "kvsketch-server: shut down in %s with %d session(s)%s\n",
           absl::FormatDuration(absl::Now() - start).c_str(), sessions_at_stop,
-          shutdown_status_.ok() ? "" : " (snapshot failed)");
+          shutdown_status_.ok() ? "" : " (snapshot or checkpoint failed)");
     }
     shutdown_done_.Notify();
     return shutdown_status_;
@@ -245,6 +295,7 @@ class ServerImpl final : public Server {
   Metrics metrics_;
   MemoryBudget budget_;
   std::unique_ptr<TokenAuthenticator> auth_;  // null: no tokens
+  std::unique_ptr<MeteredEnv> wal_env_;       // null: no write-ahead log
   std::unique_ptr<SessionManager> sessions_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<AttentionService> service_;

@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/durability/durability_options.h"
 
 namespace grpc {
 class Channel;
@@ -82,7 +83,26 @@ struct ServerOptions {
   std::string data_dir;
   // A corrupt snapshot in data_dir fails Start with DataLoss naming the file;
   // with this set it is moved to <data_dir>/corrupt/ instead and Start goes on.
+  // The same holds for a corrupt write-ahead log or checkpoint.
   bool skip_corrupt_snapshots = false;
+
+  // --- Durability (with data_dir; docs/durability.md) ---
+  // A per-session write-ahead log in <data_dir>/wal/: every state change is
+  // durable (under fsync_policy) before it is acknowledged, sessions are
+  // recovered at Start, and Shutdown checkpoints them instead of writing
+  // .kvss snapshots (old .kvss files are migrated into the log at Start).
+  // false: the snapshot-only behaviour (a crash loses everything since the
+  // last clean shutdown).
+  bool wal = true;
+  durability::FsyncPolicy fsync_policy = durability::FsyncPolicy::kEveryBatch;
+  absl::Duration fsync_interval = absl::Milliseconds(10);
+  // Checkpoint a session (and truncate its log) once its live log exceeds
+  // this many bytes; 0 never (only at Shutdown).
+  int64_t checkpoint_log_bytes =
+      durability::DurabilityOptions{}.checkpoint_log_bytes;
+  // Tests: the file layer under the log (e.g. a FaultInjectionEnv); null is
+  // the POSIX one. Not owned.
+  durability::Env* wal_env = nullptr;
 };
 
 class Server {

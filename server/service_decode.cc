@@ -17,12 +17,21 @@
 // (well under a millisecond); the first entry that cannot run inline hands
 // the rest of the step to the pool, so order is unchanged.
 //
+// Durability (with a write-ahead log): each entry's step is logged as it is
+// applied (under its session lock), but a step's response is written only
+// after WaitLogged has seen every logged record of the step durable -- on
+// the pool, never in a reaction. One wait per session per step, so a step
+// of N entries on one session costs one group commit, not N.
+//
 // Lifetime: pool tasks use `this`; Finish is called only when no task is
 // computing and no write is outstanding, so OnDone (delete this) cannot race
 // a task.
+#include <algorithm>
 #include <deque>
 #include <memory>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
@@ -115,11 +124,19 @@ class DecodeReactor final
   void OnDone() override { delete this; }
 
  private:
+  // A logged entry whose record must be durable before the step's
+  // response is written.
+  struct PendingLog {
+    int entry;
+    std::shared_ptr<Session> session;
+    uint64_t seq;
+  };
   struct Step {
     v1::DecodeRequest request;
     v1::DecodeResponse response;
     int next_entry = 0;  // entries before it are answered in `response`
     bool computed = false;
+    std::vector<PendingLog> pending;
   };
 
   Step* FirstUncomputedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -198,7 +215,69 @@ class DecodeReactor final
       if (service_->pool()->TrySubmit([this, step] { Compute(step); })) return;
       alive = service_->BusyError();
     }
+    if (alive.ok() && !step->pending.empty()) {
+      // Waiting for an fsync would block the reaction: the pool waits.
+      if (service_->pool()->TrySubmit([this, step] {
+            WaitLogged(*step);
+            EndCompute(step, absl::OkStatus());
+          })) {
+        return;
+      }
+      alive = service_->BusyError();
+    }
     EndCompute(step, alive);
+  }
+
+  // Group commit of a step: one WaitDurable per session for its last
+  // record (records become durable in seq order), after every entry ran --
+  // so the step's records are all batched before anyone waits, and
+  // concurrent streams on a session share its fsync. Sessions have their
+  // own files, so a step touching k sessions waits for k fsyncs; they run
+  // concurrently (one short-lived thread per extra session, at most
+  // kMaxParallelWaits at a time: ~20 us to start against ~ms per fsync)
+  // instead of one after another. An entry whose log failed is answered
+  // with the error instead of its result.
+  static constexpr int kMaxParallelWaits = 16;
+  void WaitLogged(Step& step) {
+    std::vector<PendingLog>& pending = step.pending;
+    std::vector<std::pair<Session*, uint64_t>> waits;  // distinct sessions
+    for (const PendingLog& p : pending) {
+      auto it = std::find_if(waits.begin(), waits.end(), [&](const auto& w) {
+        return w.first == p.session.get();
+      });
+      if (it == waits.end()) {
+        waits.emplace_back(p.session.get(), p.seq);
+      } else {
+        it->second = std::max(it->second, p.seq);
+      }
+    }
+    std::vector<absl::Status> results(waits.size());
+    for (size_t start = 0; start < waits.size(); start += kMaxParallelWaits) {
+      const size_t end = std::min(waits.size(), start + kMaxParallelWaits);
+      std::vector<std::thread> threads;
+      for (size_t i = start + 1; i < end; ++i) {
+        threads.emplace_back([&, i] {
+          results[i] = waits[i].first->WaitDurable(waits[i].second);
+        });
+      }
+      results[start] = waits[start].first->WaitDurable(waits[start].second);
+      for (std::thread& t : threads) t.join();
+    }
+    for (size_t i = 0; i < waits.size(); ++i) {
+      const absl::Status& s = results[i];
+      if (s.ok()) continue;
+      for (const PendingLog& p : pending) {
+        if (p.session.get() != waits[i].first) continue;
+        v1::DecodeResult* result = step.response.mutable_results(p.entry);
+        result->Clear();
+        result->set_code(static_cast<int>(s.code()));
+        result->set_message(TruncateStatusMessage(
+            absl::StrCat("entries[", p.entry, "].", s.message())));
+        service_->metrics()->RpcError("DecodeEntry",
+                                      static_cast<int>(s.code()));
+      }
+    }
+    pending.clear();
   }
 
   // Pool thread: runs the remaining entries of one step.
@@ -207,6 +286,7 @@ class DecodeReactor final
     if (alive.ok()) {
       absl::Status s = CallGuarded([&] {
         RunEntries(*step, /*work_budget=*/nullptr);
+        WaitLogged(*step);
         return absl::OkStatus();
       });
       if (!s.ok()) alive = s;
@@ -247,7 +327,8 @@ class DecodeReactor final
       const int i = step.next_entry;
       v1::DecodeResult* result = resp.add_results();
       absl::Status s;
-      if (!RunEntry(i, req.entries(i), work_budget, result, &s)) {
+      if (!RunEntry(i, req.entries(i), work_budget, result, &s,
+                    &step.pending)) {
         resp.mutable_results()->RemoveLast();
         return false;
       }
@@ -265,7 +346,8 @@ class DecodeReactor final
   // False (nothing done, *result untouched) when work_budget is set and the
   // entry cannot run inline; else true with the entry's status in *status.
   bool RunEntry(int i, const v1::DecodeEntry& entry, int64_t* work_budget,
-                v1::DecodeResult* result, absl::Status* status) {
+                v1::DecodeResult* result, absl::Status* status,
+                std::vector<PendingLog>* pending) {
     // Built only for error messages: most entries succeed.
     auto prefix = [i] { return absl::StrCat("entries[", i, "]."); };
     // A stream may interleave many sessions: an entry's own id wins, and
@@ -301,11 +383,13 @@ class DecodeReactor final
     op->want_diagnostics = entry.want_diagnostics();
     int64_t num_tokens = 0;
     absl::Status s;
+    uint64_t seq = 0;
     if (!service_->TryRunLayerOp(**session, *op, work_budget,
                                  result->mutable_output(), &num_tokens, &s,
-                                 result->mutable_diagnostics())) {
+                                 result->mutable_diagnostics(), &seq)) {
       return false;
     }
+    if (seq != 0) pending->push_back({i, *session, seq});
     if (!s.ok()) {
       *status = absl::Status(s.code(), absl::StrCat(prefix(), s.message()));
       return true;

@@ -88,18 +88,35 @@ class AppendReactor final : public grpc::ServerReadReactor<v1::AppendRequest> {
     session_->Touch(absl::Now());
     absl::Status s;
     int64_t layer_tokens = op.num_new_tokens;
+    uint64_t seq = 0;
     if (op.layer < 0) {
-      s = session_->AppendAllLayers(op.num_new_tokens, op.keys, op.values);
+      s = session_->AppendAllLayers(op.num_new_tokens, op.keys, op.values,
+                                    &seq);
       layer_tokens *= session_->config().num_layers;
     } else {
       s = session_->Step(op.layer, op.num_new_tokens, op.keys, op.values, 0, {},
-                         {}, nullptr);
+                         {}, nullptr, nullptr, &seq);
     }
     if (!s.ok())
       return absl::Status(s.code(), absl::StrCat(prefix, s.message()));
     tokens_appended_ += layer_tokens;
+    // The stream's one acknowledgement is the final response, so messages
+    // are logged without waiting and Complete waits once for the last
+    // record (records are durable in seq order). Waiting every
+    // kWaitEveryBytes bounds what the log buffers in memory meanwhile.
+    if (seq != 0) {
+      last_seq_ = seq;
+      unwaited_bytes_ += static_cast<int64_t>(
+          (op.keys.size() + op.values.size()) * sizeof(float));
+      if (unwaited_bytes_ >= kWaitEveryBytes) {
+        unwaited_bytes_ = 0;
+        KVSKETCH_RETURN_IF_ERROR(session_->WaitDurable(last_seq_));
+      }
+    }
     return absl::OkStatus();
   }
+
+  static constexpr int64_t kWaitEveryBytes = int64_t{8} << 20;
 
   // Pool thread, after the client half-closed: the summary response.
   void Complete() {
@@ -113,6 +130,8 @@ class AppendReactor final : public grpc::ServerReadReactor<v1::AppendRequest> {
         KVSKETCH_ASSIGN_OR_RETURN(session_,
                                   service_->sessions()->Find(id, tenant_));
       }
+      // Acknowledge only what the log holds durably.
+      KVSKETCH_RETURN_IF_ERROR(session_->WaitDurable(last_seq_));
       resp_->set_tokens_appended(tokens_appended_);
       for (int64_t n : session_->tokens_per_layer()) {
         resp_->add_tokens_per_layer(n);
@@ -133,6 +152,8 @@ class AppendReactor final : public grpc::ServerReadReactor<v1::AppendRequest> {
   std::shared_ptr<Session> session_;
   int index_ = 0;
   int64_t tokens_appended_ = 0;
+  uint64_t last_seq_ = 0;  // the last log record of this stream (0: none)
+  int64_t unwaited_bytes_ = 0;
 };
 
 // --- ExportSession ----------------------------------------------------------

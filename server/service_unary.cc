@@ -89,8 +89,8 @@ absl::Status AttentionService::RunLayerOp(
 bool AttentionService::TryRunLayerOp(
     Session& session, const LayerOp& op, int64_t* work_budget,
     v1::Tensor* output, int64_t* num_tokens, absl::Status* status,
-    google::protobuf::RepeatedPtrField<v1::QueryDiagnostic>* diagnostics)
-    const {
+    google::protobuf::RepeatedPtrField<v1::QueryDiagnostic>* diagnostics,
+    uint64_t* pending_seq) const {
   const SessionConfig& c = session.config();
   std::vector<QueryDiagnostic> diag;
   std::vector<QueryDiagnostic>* want =
@@ -101,10 +101,11 @@ bool AttentionService::TryRunLayerOp(
   if (work_budget == nullptr) {
     *status = session.Step(op.layer, op.num_new_tokens, op.keys, op.values,
                            op.num_queries, op.queries, absl::MakeSpan(out),
-                           num_tokens, want);
+                           num_tokens, want, pending_seq);
   } else if (!session.TryStep(work_budget, op.layer, op.num_new_tokens, op.keys,
                               op.values, op.num_queries, op.queries,
-                              absl::MakeSpan(out), num_tokens, status, want)) {
+                              absl::MakeSpan(out), num_tokens, status, want,
+                              pending_seq)) {
     return false;
   }
   session.Touch(now);

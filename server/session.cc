@@ -28,7 +28,9 @@ std::string SpecKind(const std::string& spec) {
 
 Session::Session(std::string id, std::unique_ptr<SessionState> state,
                  absl::Time created, MemoryBudget* budget, Metrics* metrics,
-                 std::string tenant)
+                 std::string tenant,
+                 std::unique_ptr<durability::SessionLog> log,
+                 int64_t checkpoint_log_bytes)
     : id_(std::move(id)),
       tenant_(std::move(tenant)),
       config_(state->config()),
@@ -37,8 +39,13 @@ Session::Session(std::string id, std::unique_ptr<SessionState> state,
       budget_(budget),
       metrics_(metrics),
       last_used_micros_(absl::ToUnixMicros(created)),
+      has_log_(log != nullptr),
+      checkpoint_log_bytes_(checkpoint_log_bytes),
       state_(std::move(state)) {
+  for (const std::string& kind : kinds_)
+    log_queries_.push_back(kind != "exact");
   absl::MutexLock l(&mu_);
+  log_ = std::move(log);
   charged_bytes_.assign(config_.num_layers, 0);
   reported_.assign(config_.num_layers, SelfMeasurements{});
   for (int layer = 0; layer < config_.num_layers; ++layer) Recharge(layer);
@@ -60,6 +67,62 @@ absl::Status Session::CheckOpen() const {
     return absl::NotFoundError(
         absl::StrCat("session_id: session '", id_, "' was deleted"));
   }
+  return poison_;
+}
+
+absl::Status Session::Poison(const absl::Status& log_error) {
+  if (poison_.ok()) {
+    metrics_->WalFailure();
+    poison_ = absl::InternalError(absl::StrCat(
+        "session '", id_, "': write-ahead log failed (", log_error.message(),
+        "); the last steps are not acknowledged and the session refuses "
+        "every call until the server restarts and recovers it from its log"));
+  }
+  return poison_;
+}
+
+absl::Status Session::WaitDurable(uint64_t seq) {
+  if (seq == 0) return absl::OkStatus();
+  std::shared_ptr<durability::SessionLog> log;
+  {
+    absl::ReaderMutexLock l(&mu_);
+    log = log_;
+  }
+  // Closed meanwhile (deleted, evicted): the log was closed or deleted
+  // after our record, which Close/Delete sync first.
+  if (log == nullptr) return absl::OkStatus();
+  if (absl::Status s = log->WaitDurable(seq); !s.ok()) {
+    absl::MutexLock l(&mu_);
+    return Poison(s);
+  }
+  return CheckpointIf(/*only_if_large=*/true);
+}
+
+absl::Status Session::CheckpointIf(bool only_if_large) {
+  std::shared_ptr<durability::SessionLog> log;
+  durability::SessionLog::PendingCheckpoint ticket;
+  {
+    absl::MutexLock l(&mu_);
+    if (closed_ || !poison_.ok() || log_ == nullptr || checkpointing_) {
+      return absl::OkStatus();
+    }
+    if (only_if_large && (checkpoint_log_bytes_ <= 0 ||
+                          log_->live_log_bytes() <= checkpoint_log_bytes_)) {
+      return absl::OkStatus();
+    }
+    // Phase 1 under the lock: no step may run between Save and the rotation.
+    absl::StatusOr<durability::SessionLog::PendingCheckpoint> t =
+        log_->PrepareCheckpoint(*state_);
+    if (!t.ok()) return Poison(t.status());
+    ticket = *std::move(t);
+    checkpointing_ = true;
+    log = log_;
+  }
+  // Phase 2 without it: steps go on into the new segment.
+  absl::Status s = log->CommitCheckpoint(std::move(ticket));
+  absl::MutexLock l(&mu_);
+  checkpointing_ = false;
+  if (!s.ok()) return Poison(s);
   return absl::OkStatus();
 }
 
@@ -99,10 +162,20 @@ absl::Status Session::Step(int layer, int64_t num_new_tokens,
                            absl::Span<const float> values, int64_t num_queries,
                            absl::Span<const float> queries,
                            absl::Span<float> out, int64_t* tokens_after,
-                           std::vector<QueryDiagnostic>* diagnostics) {
-  absl::MutexLock l(&mu_);
-  return StepLocked(layer, num_new_tokens, keys, values, num_queries, queries,
-                    out, tokens_after, diagnostics);
+                           std::vector<QueryDiagnostic>* diagnostics,
+                           uint64_t* pending_seq) {
+  uint64_t seq = 0;
+  {
+    absl::MutexLock l(&mu_);
+    KVSKETCH_RETURN_IF_ERROR(StepLocked(layer, num_new_tokens, keys, values,
+                                        num_queries, queries, out, tokens_after,
+                                        diagnostics, &seq));
+  }
+  if (pending_seq != nullptr) {
+    *pending_seq = seq;
+    return absl::OkStatus();
+  }
+  return WaitDurable(seq);
 }
 
 bool Session::TryStep(int64_t* work_budget, int layer, int64_t num_new_tokens,
@@ -110,7 +183,10 @@ bool Session::TryStep(int64_t* work_budget, int layer, int64_t num_new_tokens,
                       absl::Span<const float> values, int64_t num_queries,
                       absl::Span<const float> queries, absl::Span<float> out,
                       int64_t* tokens_after, absl::Status* status,
-                      std::vector<QueryDiagnostic>* diagnostics) {
+                      std::vector<QueryDiagnostic>* diagnostics,
+                      uint64_t* pending_seq) {
+  // Waiting for the log would block the caller (a gRPC reaction).
+  if (has_log_ && pending_seq == nullptr) return false;
   if (!mu_.TryLock()) return false;
   // A closed session or a bad layer is answered here: StepLocked reports it
   // without touching anything, and cheaply.
@@ -126,8 +202,10 @@ bool Session::TryStep(int64_t* work_budget, int layer, int64_t num_new_tokens,
     }
     *work_budget -= static_cast<int64_t>(work);
   }
+  uint64_t seq = 0;
   *status = StepLocked(layer, num_new_tokens, keys, values, num_queries,
-                       queries, out, tokens_after, diagnostics);
+                       queries, out, tokens_after, diagnostics, &seq);
+  if (pending_seq != nullptr) *pending_seq = seq;
   mu_.Unlock();
   return true;
 }
@@ -138,7 +216,9 @@ absl::Status Session::StepLocked(int layer, int64_t num_new_tokens,
                                  int64_t num_queries,
                                  absl::Span<const float> queries,
                                  absl::Span<float> out, int64_t* tokens_after,
-                                 std::vector<QueryDiagnostic>* diagnostics) {
+                                 std::vector<QueryDiagnostic>* diagnostics,
+                                 uint64_t* seq) {
+  *seq = 0;
   KVSKETCH_RETURN_IF_ERROR(CheckOpen());
   if (diagnostics != nullptr) {
     diagnostics->clear();
@@ -167,6 +247,19 @@ absl::Status Session::StepLocked(int layer, int64_t num_new_tokens,
   budget_->Adjust(-estimate);
   Recharge(layer);
   if (!status.ok()) return status;
+  if (log_ != nullptr) {
+    // Logged after applying, under the lock: log order is apply order, and
+    // a step the state refused is never logged. O(T + M) copy into the
+    // log's batch; no I/O here.
+    const bool with_queries = log_queries_[layer] && num_queries > 0;
+    if (num_new_tokens > 0 || with_queries) {
+      absl::StatusOr<uint64_t> logged = log_->LogStep(
+          layer, num_new_tokens, keys, values, with_queries ? num_queries : 0,
+          with_queries ? queries : absl::Span<const float>());
+      if (!logged.ok()) return Poison(logged.status());
+      *seq = *logged;
+    }
+  }
   ReportMeasurements(layer);
   metrics_->AttendCompute(kinds_[layer], seconds);
   metrics_->TokensAppended(kinds_[layer], num_new_tokens);
@@ -188,8 +281,25 @@ absl::Status Session::StepLocked(int layer, int64_t num_new_tokens,
 
 absl::Status Session::AppendAllLayers(int64_t num_new_tokens,
                                       absl::Span<const float> keys,
-                                      absl::Span<const float> values) {
-  absl::MutexLock l(&mu_);
+                                      absl::Span<const float> values,
+                                      uint64_t* pending_seq) {
+  uint64_t seq = 0;
+  {
+    absl::MutexLock l(&mu_);
+    KVSKETCH_RETURN_IF_ERROR(
+        AppendAllLayersLocked(num_new_tokens, keys, values, &seq));
+  }
+  if (pending_seq != nullptr) {
+    *pending_seq = seq;
+    return absl::OkStatus();
+  }
+  return WaitDurable(seq);
+}
+
+absl::Status Session::AppendAllLayersLocked(int64_t num_new_tokens,
+                                            absl::Span<const float> keys,
+                                            absl::Span<const float> values,
+                                            uint64_t* seq) {
   KVSKETCH_RETURN_IF_ERROR(CheckOpen());
   const int layers = config_.num_layers;
   const size_t key_block = static_cast<size_t>(num_new_tokens) *
@@ -216,15 +326,30 @@ absl::Status Session::AppendAllLayers(int64_t num_new_tokens,
   const int64_t estimate = GrowthEstimate(num_new_tokens, layers);
   KVSKETCH_RETURN_IF_ERROR(budget_->TryReserve(estimate, "append"));
   absl::Status status;
+  int applied = 0;
   for (int layer = 0; layer < layers && status.ok(); ++layer) {
     status = state_->Append(layer, num_new_tokens,
                             keys.subspan(key_block * layer, key_block),
                             values.subspan(value_block * layer, value_block));
-    if (status.ok()) metrics_->TokensAppended(kinds_[layer], num_new_tokens);
+    if (status.ok()) {
+      metrics_->TokensAppended(kinds_[layer], num_new_tokens);
+      ++applied;
+    }
   }
   budget_->Adjust(-estimate);
   for (int layer = 0; layer < layers; ++layer) Recharge(layer);
-  return status;
+  if (log_ == nullptr) return status;
+  if (!status.ok()) {
+    // Some layers took the tokens, the log has none of them: the state no
+    // longer matches what recovery would rebuild.
+    if (applied > 0) Poison(status).IgnoreError();
+    return status;
+  }
+  absl::StatusOr<uint64_t> logged =
+      log_->LogAppendAllLayers(num_new_tokens, keys, values);
+  if (!logged.ok()) return Poison(logged.status());
+  *seq = *logged;
+  return absl::OkStatus();
 }
 
 std::vector<int64_t> Session::tokens_per_layer() const {
@@ -275,10 +400,23 @@ absl::StatusOr<std::string> Session::SavePayload() const {
   return writer.Release();
 }
 
-bool Session::Close() {
+bool Session::Close(bool delete_log, absl::Status* log_status) {
   absl::MutexLock l(&mu_);
   if (closed_) return false;
+  // A checkpoint commit runs without mu_; closing or deleting the log
+  // under it would race its file work. Commits are short (one file write
+  // + renames), and no new one starts once closed_ is set.
+  mu_.Await(absl::Condition(
+      +[](bool* checkpointing) { return !*checkpointing; }, &checkpointing_));
+  if (closed_) return false;
   closed_ = true;
+  if (log_ != nullptr) {
+    // Delete logs a durable delete record first, so a crash after it does
+    // not bring the session back; Close syncs what was logged.
+    absl::Status s = delete_log ? log_->Delete() : log_->Close();
+    if (log_status != nullptr) *log_status = s;
+    log_.reset();
+  }
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     budget_->Adjust(-charged_bytes_[layer]);
     metrics_->AddStateBytes(kinds_[layer], -charged_bytes_[layer]);

@@ -10,6 +10,15 @@
 // statistics); Info and Save take it shared. A closed (deleted, evicted or
 // unloaded) session refuses every operation with NotFound; callers that
 // still hold the shared_ptr are safe.
+//
+// Durability (docs/durability.md): with a SessionLog every state change is
+// applied and then logged under mu_ (so log order is apply order), and
+// acknowledged only after SessionLog::WaitDurable, which runs without mu_ so
+// that steps of other streams join the same group commit. If logging or
+// waiting fails the in-memory state may hold a step the log does not: the
+// session is *poisoned* -- every later call answers INTERNAL naming the
+// log error -- so nobody observes state that recovery would not rebuild.
+// Restarting the server recovers the session as its log has it.
 #ifndef KVSKETCH_SERVER_SESSION_H_
 #define KVSKETCH_SERVER_SESSION_H_
 
@@ -27,6 +36,7 @@
 #include "absl/types/span.h"
 #include "core/session_state.h"
 #include "kvsketch/v1/attention.pb.h"
+#include "server/durability/session_log.h"
 #include "server/memory_budget.h"
 #include "server/metrics.h"
 
@@ -39,9 +49,14 @@ class Session {
   // metrics outlive the session.
   // `tenant` owns the session ("" when the server runs without tokens); it
   // is not part of the snapshot payload (docs/security.md).
+  // `log` (may be null: no durability) already holds the session's create
+  // record or checkpoint; once its live bytes exceed checkpoint_log_bytes
+  // (> 0) a step that has become durable checkpoints and truncates it.
   Session(std::string id, std::unique_ptr<SessionState> state,
           absl::Time created, MemoryBudget* budget, Metrics* metrics,
-          std::string tenant = "");
+          std::string tenant = "",
+          std::unique_ptr<durability::SessionLog> log = nullptr,
+          int64_t checkpoint_log_bytes = 0);
   ~Session();
 
   Session(const Session&) = delete;
@@ -65,12 +80,18 @@ class Session {
   // InvalidArgument if num_new_tokens > 1. Reserves the growth estimate against
   // the memory budget first. REQUIRES: spans sized per the session's config
   // (the service validates with field names; SessionState re-checks).
+  // With a log, the step is logged and, when pending_seq is null, Step
+  // returns once it is durable. With pending_seq, Step does not wait: it
+  // stores the record's seq (0: nothing logged) and the caller must call
+  // WaitDurable(seq) before acknowledging -- so a caller running several
+  // steps pays one group commit for all of them.
   absl::Status Step(int layer, int64_t num_new_tokens,
                     absl::Span<const float> keys,
                     absl::Span<const float> values, int64_t num_queries,
                     absl::Span<const float> queries, absl::Span<float> out,
                     int64_t* tokens_after,
-                    std::vector<QueryDiagnostic>* diagnostics = nullptr);
+                    std::vector<QueryDiagnostic>* diagnostics = nullptr,
+                    uint64_t* pending_seq = nullptr);
 
   // As Step, but never waits and never runs a large step: returns false,
   // having done nothing, if mu_ is held by another thread or if the step's
@@ -81,20 +102,33 @@ class Session {
   // caller running several steps bounds their total), stores its status in
   // *status and returns true. This lets
   // a gRPC reaction run a small decode step inline instead of paying two
-  // thread hand-offs; see server/service_decode.cc.
+  // thread hand-offs; see server/service_decode.cc. Never waits for the
+  // log: REQUIRES pending_seq != nullptr when the session has a log.
   bool TryStep(int64_t* work_budget, int layer, int64_t num_new_tokens,
                absl::Span<const float> keys, absl::Span<const float> values,
                int64_t num_queries, absl::Span<const float> queries,
                absl::Span<float> out, int64_t* tokens_after,
                absl::Status* status,
-               std::vector<QueryDiagnostic>* diagnostics = nullptr);
+               std::vector<QueryDiagnostic>* diagnostics = nullptr,
+               uint64_t* pending_seq = nullptr);
 
   // Appends T tokens to every layer, all or nothing: keys is
   // [num_layers, num_kv_heads, T, head_dim]. Token limits are checked for
   // every layer before the first is touched.
+  // pending_seq as for Step.
   absl::Status AppendAllLayers(int64_t num_new_tokens,
                                absl::Span<const float> keys,
-                               absl::Span<const float> values);
+                               absl::Span<const float> values,
+                               uint64_t* pending_seq = nullptr);
+
+  // Returns once log record seq (from Step/AppendAllLayers; 0: none) is
+  // durable under the fsync policy; on failure poisons the session and
+  // returns the poison. Then checkpoints if the live log is too large.
+  absl::Status WaitDurable(uint64_t seq);
+  // Checkpoints the log now (clean shutdown: restart then replays nothing).
+  // OK without a log. O(state bytes) under the lock, the file I/O outside.
+  absl::Status Checkpoint() { return CheckpointIf(/*only_if_large=*/false); }
+  bool has_log() const { return has_log_; }
 
   std::vector<int64_t> tokens_per_layer() const;
   int64_t state_bytes() const;
@@ -104,8 +138,11 @@ class Session {
   absl::StatusOr<std::string> SavePayload() const;
 
   // Releases the session's bytes from budget and gauge and refuses further
-  // operations. Idempotent; returns false if already closed.
-  bool Close();
+  // operations. Idempotent; returns false if already closed. The log is
+  // closed (synced; recovery reopens it) or, with delete_log, deleted (a
+  // durable delete record, then its files are removed); its status goes to
+  // *log_status if given.
+  bool Close(bool delete_log = false, absl::Status* log_status = nullptr);
 
   // Conservative bytes an append of T tokens to `layers` layers may add:
   // f32 keys and values for every KV head.
@@ -113,12 +150,22 @@ class Session {
 
  private:
   absl::Status CheckOpen() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Poisons the session with a log error (first one wins) and returns the
+  // poison status.
+  absl::Status Poison(const absl::Status& log_error)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckpointIf(bool only_if_large);
   absl::Status StepLocked(int layer, int64_t num_new_tokens,
                           absl::Span<const float> keys,
                           absl::Span<const float> values, int64_t num_queries,
                           absl::Span<const float> queries,
                           absl::Span<float> out, int64_t* tokens_after,
-                          std::vector<QueryDiagnostic>* diagnostics)
+                          std::vector<QueryDiagnostic>* diagnostics,
+                          uint64_t* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status AppendAllLayersLocked(int64_t num_new_tokens,
+                                     absl::Span<const float> keys,
+                                     absl::Span<const float> values,
+                                     uint64_t* seq)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Re-measures a layer and moves budget and gauge by the difference.
   void Recharge(int layer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -134,6 +181,13 @@ class Session {
   MemoryBudget* const budget_;
   Metrics* const metrics_;
   std::atomic<int64_t> last_used_micros_;
+  const bool has_log_;
+  const int64_t checkpoint_log_bytes_;
+  // Per layer: whether queries must be logged. Only exact attention is
+  // known to keep no query statistics (evict's heavy-hitter mass, and
+  // possibly others', depend on the queries), so for exact layers a step is
+  // logged with M = 0 and a query-only step is not logged at all.
+  std::vector<bool> log_queries_;
 
   mutable absl::Mutex mu_;
   std::unique_ptr<SessionState> state_ ABSL_GUARDED_BY(mu_);
@@ -141,6 +195,10 @@ class Session {
   // Per layer: the SelfMeasurements already exported to the metrics.
   std::vector<SelfMeasurements> reported_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  // Shared so that WaitDurable can run without mu_ while Close may drop it.
+  std::shared_ptr<durability::SessionLog> log_ ABSL_GUARDED_BY(mu_);
+  absl::Status poison_ ABSL_GUARDED_BY(mu_);
+  bool checkpointing_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // Kind of a canonical spec: the text before ':'.

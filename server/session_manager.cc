@@ -64,6 +64,13 @@ std::string SessionManager::NewSessionId() {
   return absl::StrFormat("%016x%016x", hi, lo);
 }
 
+std::string SessionManager::FileName(absl::string_view tenant,
+                                     absl::string_view id) {
+  // '~' is in neither the id nor the tenant alphabet (docs/security.md).
+  if (tenant.empty()) return std::string(id);
+  return absl::StrCat(tenant, "~", id);
+}
+
 absl::StatusOr<std::string> SessionManager::ExportSnapshot(
     const Session& session) {
   KVSKETCH_ASSIGN_OR_RETURN(std::string payload, session.SavePayload());
@@ -138,11 +145,33 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Create(
     return absl::Status(state.status().code(),
                         absl::StrCat("config.", state.status().message()));
   }
-  auto session =
-      std::make_shared<Session>(session_id, *std::move(state), absl::Now(),
-                                budget_, metrics_, std::string(tenant));
+  std::unique_ptr<durability::SessionLog> log;
+  if (!options_.wal_dir.empty()) {
+    // Durable before the session is visible: once CreateSession answers,
+    // a crash cannot lose the session. Another Create of the same id that
+    // got here first owns the files: AlreadyExists.
+    absl::StatusOr<std::unique_ptr<durability::SessionLog>> created =
+        durability::SessionLog::Create(options_.wal_dir,
+                                       FileName(tenant, session_id),
+                                       (*state)->config(), options_.durability);
+    if (!created.ok()) {
+      ReleaseSlot();
+      if (absl::IsAlreadyExists(created.status())) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "session_id: session '", session_id, "' already exists"));
+      }
+      return absl::Status(
+          created.status().code(),
+          absl::StrCat("write-ahead log: ", created.status().message()));
+    }
+    log = *std::move(created);
+  }
+  auto session = std::make_shared<Session>(
+      session_id, *std::move(state), absl::Now(), budget_, metrics_,
+      std::string(tenant), std::move(log),
+      options_.durability.checkpoint_log_bytes);
   if (absl::Status s = Insert(session); !s.ok()) {
-    session->Close();
+    session->Close(/*delete_log=*/true);
     ReleaseSlot();
     return s;
   }
@@ -173,22 +202,74 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Import(
         absl::StrCat("session_id: session '", session_id, "' already exists"));
   }
   KVSKETCH_RETURN_IF_ERROR(ReserveSlot());
+  std::unique_ptr<durability::SessionLog> log;
+  if (!options_.wal_dir.empty()) {
+    // A create record and at once a checkpoint of the imported state: the
+    // import is acknowledged only when both are durable.
+    absl::StatusOr<std::unique_ptr<durability::SessionLog>> created =
+        durability::SessionLog::Create(options_.wal_dir,
+                                       FileName(tenant, session_id),
+                                       state->config(), options_.durability);
+    absl::Status s = created.status();
+    if (s.ok()) {
+      log = *std::move(created);
+      s = log->Checkpoint(*state);
+      if (!s.ok()) log->Delete().IgnoreError();
+    }
+    if (!s.ok()) {
+      ReleaseSlot();
+      if (absl::IsAlreadyExists(s)) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "session_id: session '", session_id, "' already exists"));
+      }
+      return absl::Status(s.code(),
+                          absl::StrCat("write-ahead log: ", s.message()));
+    }
+  }
+  KVSKETCH_ASSIGN_OR_RETURN(
+      std::shared_ptr<Session> session,
+      AddBuilt(session_id, tenant, std::move(state), std::move(log),
+               /*delete_log_on_failure=*/true));
+  metrics_->SessionAdded(newly_created);
+  return session;
+}
+
+absl::StatusOr<std::shared_ptr<Session>> SessionManager::Adopt(
+    absl::string_view id, absl::string_view tenant,
+    std::unique_ptr<SessionState> state,
+    std::unique_ptr<durability::SessionLog> log) {
+  KVSKETCH_RETURN_IF_ERROR(ValidateSessionId(id, "session_id"));
+  KVSKETCH_RETURN_IF_ERROR(ReserveSlot());
+  KVSKETCH_ASSIGN_OR_RETURN(
+      std::shared_ptr<Session> session,
+      AddBuilt(std::string(id), tenant, std::move(state), std::move(log),
+               /*delete_log_on_failure=*/false));
+  metrics_->SessionAdded(/*newly_created=*/false);
+  return session;
+}
+
+absl::StatusOr<std::shared_ptr<Session>> SessionManager::AddBuilt(
+    const std::string& id, absl::string_view tenant,
+    std::unique_ptr<SessionState> state,
+    std::unique_ptr<durability::SessionLog> log, bool delete_log_on_failure) {
   // The state is already built; charge it only if it fits the budget.
   const int64_t bytes = state->MemoryBytes();
   if (absl::Status s = budget_->TryReserve(bytes, "import"); !s.ok()) {
+    if (log != nullptr) {
+      (delete_log_on_failure ? log->Delete() : log->Close()).IgnoreError();
+    }
     ReleaseSlot();
     return s;
   }
-  auto session =
-      std::make_shared<Session>(session_id, std::move(state), absl::Now(),
-                                budget_, metrics_, std::string(tenant));
+  auto session = std::make_shared<Session>(
+      id, std::move(state), absl::Now(), budget_, metrics_, std::string(tenant),
+      std::move(log), options_.durability.checkpoint_log_bytes);
   budget_->Adjust(-bytes);  // the Session charged its real bytes itself
   if (absl::Status s = Insert(session); !s.ok()) {
-    session->Close();
+    session->Close(delete_log_on_failure);
     ReleaseSlot();
     return s;
   }
-  metrics_->SessionAdded(newly_created);
   return session;
 }
 
@@ -226,9 +307,19 @@ absl::Status SessionManager::Delete(absl::string_view id,
     return absl::NotFoundError(
         absl::StrCat("session_id: no session '", id, "'"));
   }
-  session->Close();
+  absl::Status log_status;
+  session->Close(/*delete_log=*/true, &log_status);
   ReleaseSlot();
   metrics_->SessionRemoved("deleted");
+  if (!log_status.ok()) {
+    return absl::Status(
+        log_status.code(),
+        absl::StrCat("session '", id,
+                     "' was removed from memory but its write-ahead log "
+                     "could not record the delete (",
+                     log_status.message(),
+                     "); it may reappear after a restart"));
+  }
   return absl::OkStatus();
 }
 
@@ -277,7 +368,8 @@ int SessionManager::EvictIdle(absl::Time now) {
       }
     }
     for (const auto& session : victims) {
-      session->Close();
+      // Evicted for good: a restart must not bring it back.
+      session->Close(/*delete_log=*/true);
       ReleaseSlot();
       metrics_->SessionRemoved("idle_ttl");
       ++evicted;

@@ -36,6 +36,8 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "core/session_state.h"
+#include "server/durability/durability_options.h"
+#include "server/durability/session_log.h"
 #include "server/memory_budget.h"
 #include "server/metrics.h"
 #include "server/session.h"
@@ -48,6 +50,12 @@ struct SessionManagerOptions {
   int64_t max_tokens_per_session = int64_t{1} << 22;
   std::string default_spec = "exact";
   absl::Duration idle_ttl = absl::ZeroDuration();  // zero: never
+  // Write-ahead log directory (docs/durability.md); "" disables the log.
+  // With it, Create/Import make a durable log before the session is
+  // visible, Delete and idle eviction log a delete record and remove the
+  // files, and every Session logs its steps.
+  std::string wal_dir;
+  durability::DurabilityOptions durability;
 };
 
 class SessionManager {
@@ -77,11 +85,20 @@ class SessionManager {
                                                   bool newly_created,
                                                   absl::string_view tenant);
 
+  // Adds a session recovered from its log at start (SessionLog::Recover):
+  // AlreadyExists, ResourceExhausted (max_sessions, memory budget). Not
+  // counted as created.
+  absl::StatusOr<std::shared_ptr<Session>> Adopt(
+      absl::string_view id, absl::string_view tenant,
+      std::unique_ptr<SessionState> state,
+      std::unique_ptr<durability::SessionLog> log);
+
   // NotFound naming the id (also for another tenant's session).
   absl::StatusOr<std::shared_ptr<Session>> Find(absl::string_view id,
                                                 absl::string_view tenant) const;
 
   // NotFound, or removes and closes the session (evicted reason "deleted").
+  // With a log, the session's delete record is durable before OK.
   absl::Status Delete(absl::string_view id, absl::string_view tenant);
 
   // The tenant's sessions with id > after, in id order, at most limit of
@@ -114,6 +131,8 @@ class SessionManager {
   // by the OS entropy source: unguessable, so an id is no weaker a secret
   // than a token (a guess succeeds with probability 2^-128 per try).
   static std::string NewSessionId();
+  // The on-disk name of a session's files: id, or tenant~id.
+  static std::string FileName(absl::string_view tenant, absl::string_view id);
   // The snapshot blob of a session: WrapSnapshot(SavePayload()).
   static absl::StatusOr<std::string> ExportSnapshot(const Session& session);
 
@@ -127,6 +146,13 @@ class SessionManager {
   // "tenant/id", or just id for the "" tenant.
   static std::string MapKey(absl::string_view tenant, absl::string_view id);
   Shard& ShardFor(absl::string_view key) const;
+  // Inserts a built session under a reserved slot, charging its memory if
+  // it fits the budget; closes (and deletes a log, if delete_log_on_failure)
+  // on failure.
+  absl::StatusOr<std::shared_ptr<Session>> AddBuilt(
+      const std::string& id, absl::string_view tenant,
+      std::unique_ptr<SessionState> state,
+      std::unique_ptr<durability::SessionLog> log, bool delete_log_on_failure);
   // Takes a slot under max_sessions or ResourceExhausted.
   absl::Status ReserveSlot();
   void ReleaseSlot() { count_.fetch_sub(1, std::memory_order_relaxed); }

@@ -16,7 +16,9 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "core/status_macros.h"
+#include "server/durability/session_log.h"
 
 namespace kvsketch::server {
 namespace {
@@ -125,7 +127,7 @@ absl::StatusOr<int> SaveAllSessions(const std::string& data_dir,
 
 absl::StatusOr<int> RestoreAllSessions(const std::string& data_dir,
                                        bool skip_corrupt,
-                                       SessionManager* sessions) {
+                                       SessionManager* sessions, bool migrate) {
   const fs::path dir = fs::path(data_dir) / "sessions";
   KVSKETCH_RETURN_IF_ERROR(MakeDirs(dir));
   std::vector<fs::path> files;
@@ -150,10 +152,26 @@ absl::StatusOr<int> RestoreAllSessions(const std::string& data_dir,
     const size_t sep = stem.find(kTenantSeparator);
     const std::string tenant =
         sep == std::string::npos ? "" : stem.substr(0, sep);
+    if (migrate) {
+      const std::string id =
+          sep == std::string::npos ? stem : stem.substr(sep + 1);
+      if (sessions->Find(id, tenant).ok()) {
+        fs::remove(file, ec);
+        continue;
+      }
+    }
     absl::StatusOr<std::shared_ptr<Session>> session =
         sessions->Import("", blob, /*newly_created=*/false, tenant);
     if (session.ok()) {
       ++restored;
+      if (migrate) {
+        fs::remove(file, ec);
+        if (ec) {
+          return absl::InternalError(
+              absl::StrCat("cannot remove migrated snapshot ", file.string(),
+                           ": ", ec.message()));
+        }
+      }
       continue;
     }
     if (absl::IsDataLoss(session.status()) && skip_corrupt) {
@@ -171,6 +189,104 @@ absl::StatusOr<int> RestoreAllSessions(const std::string& data_dir,
                                      session.status().message()));
   }
   return restored;
+}
+
+namespace {
+
+// Files of one session in the log directory (session_log.h's layout):
+// <name>.<10 digits>.wal, <name>.ckpt, <name>.ckpt.tmp.
+bool IsFileOfSession(const std::string& file, const std::string& name) {
+  if (file == name + durability::kCheckpointExtension ||
+      file == absl::StrCat(name, durability::kCheckpointExtension, ".tmp")) {
+    return true;
+  }
+  const std::string prefix = name + ".";
+  const std::string ext = durability::kWalExtension;
+  if (file.size() != prefix.size() + 10 + ext.size() ||
+      !absl::StartsWith(file, prefix) || !absl::EndsWith(file, ext)) {
+    return false;
+  }
+  for (size_t i = prefix.size(); i < prefix.size() + 10; ++i) {
+    if (file[i] < '0' || file[i] > '9') return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<RecoverySummary> RecoverAllSessions(
+    const std::string& data_dir, const std::string& wal_dir,
+    const durability::DurabilityOptions& options, bool skip_corrupt,
+    SessionManager* sessions) {
+  KVSKETCH_RETURN_IF_ERROR(MakeDirs(wal_dir));
+  const absl::Time start = absl::Now();
+  KVSKETCH_ASSIGN_OR_RETURN(
+      std::vector<std::string> names,
+      durability::SessionLog::ListSessionNames(wal_dir, options.env));
+  RecoverySummary summary;
+  for (const std::string& name : names) {
+    // The owner is in the name (tenant~id), as for snapshots.
+    const size_t sep = name.find(kTenantSeparator);
+    const std::string tenant =
+        sep == std::string::npos ? "" : name.substr(0, sep);
+    const std::string id =
+        sep == std::string::npos ? name : name.substr(sep + 1);
+    absl::StatusOr<durability::SessionLog::Recovered> recovered =
+        durability::SessionLog::Recover(wal_dir, name, options);
+    if (!recovered.ok()) {
+      if (absl::IsDataLoss(recovered.status()) && skip_corrupt) {
+        const fs::path corrupt_dir = fs::path(data_dir) / "corrupt";
+        KVSKETCH_RETURN_IF_ERROR(MakeDirs(corrupt_dir));
+        std::error_code ec;
+        for (const auto& entry : fs::directory_iterator(wal_dir, ec)) {
+          const std::string file = entry.path().filename().string();
+          if (IsFileOfSession(file, name)) {
+            fs::rename(entry.path(), corrupt_dir / file, ec);
+          }
+        }
+        std::fprintf(stderr,
+                     "kvsketch-server: corrupt log of session %s moved to "
+                     "%s: %s\n",
+                     name.c_str(), corrupt_dir.c_str(),
+                     std::string(recovered.status().message()).c_str());
+        ++summary.corrupt;
+        continue;
+      }
+      return absl::Status(
+          recovered.status().code(),
+          absl::StrCat("recovering session ", name, " from ", wal_dir, ": ",
+                       recovered.status().message()));
+    }
+    const durability::RecoveryReport& report = recovered->report;
+    std::fprintf(stderr, "kvsketch-server: recovery of %s: %s\n", name.c_str(),
+                 report.ToString().c_str());
+    summary.records += report.records_replayed;
+    summary.tokens += report.tokens_replayed;
+    summary.torn_bytes += report.torn_bytes_dropped;
+    if (report.outcome != durability::RecoveryReport::Outcome::kRecovered) {
+      ++summary.removed;
+      continue;
+    }
+    absl::StatusOr<std::shared_ptr<Session>> session = sessions->Adopt(
+        id, tenant, std::move(recovered->state), std::move(recovered->log));
+    if (!session.ok()) {
+      return absl::Status(session.status().code(),
+                          absl::StrCat("recovering session ", name, ": ",
+                                       session.status().message()));
+    }
+    ++summary.sessions;
+  }
+  std::fprintf(stderr,
+               "kvsketch-server: recovered %d session(s) from %s in %s: %lld "
+               "record(s), %lld token-layer(s) replayed, %lld torn byte(s) "
+               "dropped, %d removed (deleted or never created), %d corrupt\n",
+               summary.sessions, wal_dir.c_str(),
+               absl::FormatDuration(absl::Now() - start).c_str(),
+               static_cast<long long>(summary.records),
+               static_cast<long long>(summary.tokens),
+               static_cast<long long>(summary.torn_bytes), summary.removed,
+               summary.corrupt);
+  return summary;
 }
 
 }  // namespace kvsketch::server

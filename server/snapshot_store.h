@@ -4,6 +4,8 @@
 //   <data_dir>/sessions/<id>.kvss   one snapshot blob per session
 //   <data_dir>/sessions/<tenant>~<id>.kvss   ... of a tenant's session
 //                                   ('~' is in neither name's alphabet)
+//   <data_dir>/wal/                 write-ahead logs and checkpoints
+//                                   (docs/durability.md; server/durability)
 //   <data_dir>/corrupt/             unreadable files moved aside (opt-in)
 // Files are written atomically (tmp file, fsync, rename, fsync directory), so
 // a crash leaves either the old or the new snapshot, never a torn one.
@@ -35,11 +37,36 @@ absl::StatusOr<int> SaveAllSessions(const std::string& data_dir,
 
 // Imports every <data_dir>/sessions/*.kvss. A corrupt file fails with
 // DataLoss naming it, unless skip_corrupt, which moves it to
-// <data_dir>/corrupt/ and goes on. Files stay in place: they are replaced
-// (or removed) by the next SaveAllSessions. Returns the count restored.
+// <data_dir>/corrupt/ and goes on. Without migrate, files stay in place:
+// they are replaced (or removed) by the next SaveAllSessions. With migrate
+// (the write-ahead log is on: Import has made the session's log and
+// checkpoint durable) each imported file is removed, and a file whose
+// session the log already recovered (a crash between those two steps) is
+// removed without importing. Returns the count restored.
 absl::StatusOr<int> RestoreAllSessions(const std::string& data_dir,
                                        bool skip_corrupt,
-                                       SessionManager* sessions);
+                                       SessionManager* sessions,
+                                       bool migrate = false);
+
+// What RecoverAllSessions found (summed over sessions).
+struct RecoverySummary {
+  int sessions = 0;        // recovered and serving
+  int removed = 0;         // deleted or never durably created: files gone
+  int corrupt = 0;         // moved to <data_dir>/corrupt/ (skip_corrupt)
+  int64_t records = 0;     // log records replayed after checkpoints
+  int64_t tokens = 0;      // token-layers replayed
+  int64_t torn_bytes = 0;  // torn tails dropped
+};
+
+// Recovers every session with files in wal_dir (SessionLog::Recover:
+// checkpoint + log replay, torn tail dropped) into the manager, printing
+// one line per session and a summary to stderr. A corrupt log or
+// checkpoint fails with DataLoss naming the file, unless skip_corrupt,
+// which moves the session's files to <data_dir>/corrupt/ and goes on.
+absl::StatusOr<RecoverySummary> RecoverAllSessions(
+    const std::string& data_dir, const std::string& wal_dir,
+    const durability::DurabilityOptions& options, bool skip_corrupt,
+    SessionManager* sessions);
 
 }  // namespace kvsketch::server
 

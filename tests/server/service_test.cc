@@ -549,6 +549,9 @@ TEST(ServerRestartTest, DataDirRestoresSessionsBitExactly) {
   std::filesystem::remove_all(dir);
   ServerOptions o = TestOptions();
   o.data_dir = dir;
+  // The snapshot-only mode (--wal=false); the write-ahead log's restarts
+  // are tested in durability_server_test.cc.
+  o.wal = false;
   const int Hkv = 2, Hq = 2, d = 8, dv = 8;
   auto q = RandomFloats(Hq * d, 9);
   std::vector<float> before;
@@ -596,6 +599,9 @@ TEST(ServerRestartTest, CorruptSnapshotFailsStartOrIsMovedAside) {
   std::filesystem::remove_all(dir);
   ServerOptions o = TestOptions();
   o.data_dir = dir;
+  // The snapshot-only mode (--wal=false); the write-ahead log's restarts
+  // are tested in durability_server_test.cc.
+  o.wal = false;
   {
     TestServer t = StartServer(o);
     ASSERT_TRUE(CreateSession(*t.stub, "a", MakeConfig(1, 1, 1, 4, 4)).ok());
