@@ -490,7 +490,10 @@ absl::Status ConvApproximator::LoadState(ByteReader& reader) {
   }
   int64_t n = 0;
   KVSKETCH_RETURN_IF_ERROR(reader.GetI64(&n, "conv num_tokens"));
-  if (n < 0 || static_cast<uint64_t>(n) * (d + dv) * 4 > reader.remaining()) {
+  // Divide, not multiply: n * (d + dv) * 4 wraps for a hostile n and let
+  // it through (tests/fuzz/snapshot_fuzzer.cc).
+  if (n < 0 || static_cast<uint64_t>(n) >
+                   reader.remaining() / (static_cast<uint64_t>(d + dv) * 4)) {
     return absl::DataLossError(
         absl::StrCat("conv state: truncated or bad num_tokens ", n, " (",
                      reader.remaining(), " bytes left)"));

@@ -35,7 +35,10 @@ std::string HumanBytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB"};
   int u = 0;
   while (b >= 1024 && u < 3) b /= 1024, ++u;
-  return absl::StrFormat(u == 0 ? "%.0f %s" : "%.1f %s", b, units[u]);
+  // Two literal formats: clang checks absl::StrFormat strings at compile
+  // time and rejects a non-constant one.
+  return u == 0 ? absl::StrFormat("%.0f %s", b, units[u])
+                : absl::StrFormat("%.1f %s", b, units[u]);
 }
 
 std::string Needle(double r) {

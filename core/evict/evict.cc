@@ -287,8 +287,9 @@ absl::Status EvictApproximator::LoadState(ByteReader& reader) {
   KVSKETCH_RETURN_IF_ERROR(reader.GetI64(&stored, "evict num_stored"));
   if (n < 0 || stored < 0 || stored > n ||
       (n > 0 && stored > EvictBudget(opt_, n)) ||
-      static_cast<uint64_t>(stored) * (16 + 4 * (d + dv)) >
-          reader.remaining()) {
+      // Divide, not multiply: the product wraps for a hostile count.
+      static_cast<uint64_t>(stored) >
+          reader.remaining() / (16 + 4 * static_cast<uint64_t>(d + dv))) {
     return absl::DataLossError(absl::StrCat("evict state: bad counts (tokens ",
                                             n, ", stored ", stored, ")"));
   }
@@ -301,8 +302,11 @@ absl::Status EvictApproximator::LoadState(ByteReader& reader) {
   for (int64_t i = 0; i < stored; ++i) {
     KVSKETCH_RETURN_IF_ERROR(reader.GetI64(&fresh.pos_[i], "evict position"));
     KVSKETCH_RETURN_IF_ERROR(reader.GetF64(&fresh.acc_[i], "evict mass"));
+    // A mass is a (decayed) sum of softmax weights, at most one per query
+    // row answered: >= 0 and far below 2^53. Anything else (NaN, negative,
+    // huge) cannot come from Attend and marks a corrupt state.
     if (fresh.pos_[i] < 0 || fresh.pos_[i] >= n ||
-        !std::isfinite(fresh.acc_[i])) {
+        !(fresh.acc_[i] >= 0 && fresh.acc_[i] <= 0x1p53)) {
       return absl::DataLossError("evict state: bad position or mass");
     }
   }
@@ -312,6 +316,16 @@ absl::Status EvictApproximator::LoadState(ByteReader& reader) {
       reader.GetFloats(fresh.keys_.data(), stored * d, "evict keys"));
   KVSKETCH_RETURN_IF_ERROR(
       reader.GetFloats(fresh.values_.data(), stored * dv, "evict values"));
+  // Clients cannot send non-finite keys or values (wire/tensor_codec.h), so
+  // such a state is corrupt; loaded, it made every mass NaN at the next
+  // Attend (tests/fuzz/snapshot_fuzzer.cc).
+  for (const std::vector<float>* v : {&fresh.keys_, &fresh.values_}) {
+    for (float x : *v) {
+      if (!std::isfinite(x)) {
+        return absl::DataLossError("evict state: non-finite key or value");
+      }
+    }
+  }
   // Every sink and window position must be held, each position once.
   std::vector<int64_t> order(stored);
   for (int64_t i = 0; i < stored; ++i) order[i] = i;

@@ -38,13 +38,31 @@ PositiveRandomFeatures::PositiveRandomFeatures(int num_features, int input_dim,
       w_(static_cast<size_t>(num_features) * input_dim) {
   const int d = input_dim;
   ReproducibleNormal rng(seed);
-  std::vector<double> block(static_cast<size_t>(d) * d);
+  // Only the rows a block contributes are stored and orthonormalised: row i
+  // of modified Gram–Schmidt depends on rows 0..i alone, so a partial last
+  // block (t mod d rows) gives the same values as the full d×d block did,
+  // in O(rows·d) memory and O(d² + rows²·d) time (the draws) instead of
+  // O(d²) memory and O(d³) time.
+  // That bound matters because head_dim comes from the client: with the
+  // full block, features=1 at d = 16384 took a 2 GiB buffer and ~10^12
+  // flops per head (found by tests/fuzz/snapshot_fuzzer.cc).
+  const int block_rows = std::min(d, num_features);
+  std::vector<double> block(static_cast<size_t>(block_rows) * d);
   for (int start = 0; start < num_features; start += d) {
-    // A d×d Gaussian block, orthonormalised row by row (modified
-    // Gram–Schmidt twice for stability), each row then given the norm of a
-    // fresh Gaussian vector so its marginal law is N(0, I).
-    for (double& x : block) x = rng.Next();
-    for (int i = 0; i < d; ++i) {
+    // A d×d Gaussian block (its first `used` rows), orthonormalised row by row
+    // (modified Gram–Schmidt twice for stability), each row then given the norm
+    // of a fresh Gaussian vector so its marginal law is N(0, I).
+    const int used = std::min(d, num_features - start);
+    for (size_t x = 0; x < static_cast<size_t>(used) * d; ++x) {
+      block[x] = rng.Next();
+    }
+    // The unused rows' draws are still taken, so the generator's sequence
+    // (and W for every existing spec and snapshot) is unchanged.
+    for (size_t x = static_cast<size_t>(used) * d;
+         x < static_cast<size_t>(d) * d; ++x) {
+      (void)rng.Next();
+    }
+    for (int i = 0; i < used; ++i) {
       double* row = block.data() + static_cast<size_t>(i) * d;
       for (int pass = 0; pass < 2; ++pass) {
         for (int j = 0; j < i; ++j) {
@@ -59,8 +77,7 @@ PositiveRandomFeatures::PositiveRandomFeatures(int num_features, int input_dim,
       const double inv = 1.0 / std::sqrt(norm2);
       for (int c = 0; c < d; ++c) row[c] *= inv;
     }
-    const int rows = std::min(d, num_features - start);
-    for (int i = 0; i < rows; ++i) {
+    for (int i = 0; i < used; ++i) {
       double chi2 = 0;
       for (int c = 0; c < d; ++c) {
         const double g = rng.Next();

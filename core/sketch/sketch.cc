@@ -29,6 +29,17 @@ absl::StatusOr<std::unique_ptr<Approximator>> CreateSketch(
         shape.value_dim, "; the limit is 2 GiB"));
   }
   const std::string& map_name = params.GetEnum("map");
+  // The prf map draws a d×d Gaussian block per d features (feature_maps.cc):
+  // at least d² normals per head even for one feature, a cost the memory
+  // check above does not see (head_dim 60408 with features=1: 3.6·10^9
+  // draws per head, minutes for a 62-byte CreateSession; found by
+  // tests/fuzz/request_fuzzer.cc). 8192² = 2^26 draws is about a second.
+  constexpr int kMaxPrfHeadDim = 8192;
+  if (map_name == "prf" && shape.head_dim > kMaxPrfHeadDim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec ", canonical_spec, ": map=prf supports head_dim up to ",
+        kMaxPrfHeadDim, ", got ", shape.head_dim));
+  }
   std::shared_ptr<const FeatureMap> map;
   if (map_name == "taylor") {
     KVSKETCH_ASSIGN_OR_RETURN(
@@ -404,6 +415,17 @@ absl::Status SketchApproximator::LoadState(ByteReader& reader) {
       reader.GetFloats(wk.data(), wcount * d, "window keys"));
   KVSKETCH_RETURN_IF_ERROR(
       reader.GetFloats(wv.data(), wcount * dv, "window values"));
+  // Clients cannot send non-finite keys or values (wire/tensor_codec.h); a
+  // NaN window key loaded, reached z when its token left the window, and
+  // the state then failed the z check below on re-import
+  // (tests/fuzz/snapshot_fuzzer.cc).
+  for (const std::vector<float>* v : {&sk, &sv, &wk, &wv}) {
+    for (float x : *v) {
+      if (!std::isfinite(x)) {
+        return absl::DataLossError("sketch state: non-finite key or value");
+      }
+    }
+  }
   std::vector<double> shift(t), z(t), s(t * dv);
   for (double& v : shift) {
     KVSKETCH_RETURN_IF_ERROR(reader.GetF64(&v, "sketch feature shift"));

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -233,6 +234,52 @@ TEST(EvictTest, SnapshotRoundTripContinuesIdentically) {
   ByteWriter w3;
   ASSERT_TRUE(b->SaveState(w3).ok());
   EXPECT_EQ(w3.data(), wb.data());
+}
+
+// Regression (found by tests/fuzz/snapshot_fuzzer.cc): a stored NaN key
+// loaded, made every mass NaN at the next Attend, and the state could then
+// be exported but not imported again. Non-finite keys and values, and
+// masses outside [0, 2^53] (which Attend cannot produce), are DataLoss.
+TEST(EvictTest, ImpossibleMassOrKeyIsDataLoss) {
+  const int d = 4, dv = 4;
+  const auto s = PlantedStructure(64, d, dv, PlantedOptions{}, 5);
+  const std::string spec = "evict:alpha=1,c=0.5,sinks=1,window=2";
+  auto a = MakeEvict(spec, {d, dv, s.scale});
+  Decode(*a, s, 64);
+  ByteWriter w;
+  ASSERT_TRUE(a->SaveState(w).ok());
+  const size_t first_mass = 1 + 8 + 8 + 8;  // version, n, stored, pos[0]
+  for (double mass : {1e308, -1.0, 0x1p54}) {
+    SCOPED_TRACE(mass);
+    std::string bad = w.data();
+    std::memcpy(bad.data() + first_mass, &mass, sizeof(mass));
+    auto b = MakeEvict(spec, {d, dv, s.scale});
+    ByteReader r(bad);
+    EXPECT_EQ(b->LoadState(r).code(), absl::StatusCode::kDataLoss);
+    EXPECT_EQ(b->num_tokens(), 0);
+  }
+  int64_t stored = 0;
+  std::memcpy(&stored, w.data().data() + 1 + 8, sizeof(stored));
+  const size_t first_key = 1 + 8 + 8 + static_cast<size_t>(stored) * 16;
+  for (float key : {std::nanf(""), INFINITY}) {
+    SCOPED_TRACE(key);
+    std::string bad = w.data();
+    std::memcpy(bad.data() + first_key, &key, sizeof(key));
+    auto b = MakeEvict(spec, {d, dv, s.scale});
+    ByteReader r(bad);
+    EXPECT_EQ(b->LoadState(r).code(), absl::StatusCode::kDataLoss);
+  }
+  // The real state still loads, attends and re-exports.
+  auto c = MakeEvict(spec, {d, dv, s.scale});
+  ByteReader r(w.data());
+  ASSERT_TRUE(c->LoadState(r).ok());
+  std::vector<float> out(dv);
+  ASSERT_TRUE(c->Attend({s.queries.data(), 1, d}, {out.data(), 1, dv}).ok());
+  ByteWriter w2;
+  ASSERT_TRUE(c->SaveState(w2).ok());
+  auto e = MakeEvict(spec, {d, dv, s.scale});
+  ByteReader r2(w2.data());
+  EXPECT_TRUE(e->LoadState(r2).ok());
 }
 
 }  // namespace

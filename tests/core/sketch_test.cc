@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <string>
@@ -108,6 +109,36 @@ TEST(PositiveRandomFeaturesTest, BlocksAreOrthogonalAndSeeded) {
   }
   EXPECT_NEAR(norm2_mean, d, 0.35 * d);  // E‖w‖² = d
   EXPECT_NE(a.direction(0)[0], c.direction(0)[0]);
+}
+
+// Regression (found by tests/fuzz/snapshot_fuzzer.cc): a partial block is
+// built from its own rows only. Before, features=2 at d = 4096 took a d×d
+// double buffer (128 MiB) and ~10^11 flops of Gram–Schmidt per head, and
+// head_dim comes from the client. The rows must be those of the full block,
+// bit for bit, or W (regenerated from the seed) would change under existing
+// snapshots.
+TEST(PositiveRandomFeaturesTest, PartialBlockIsTheFullBlocksFirstRows) {
+  const int d = 64;
+  PositiveRandomFeatures full(2 * d, d, 0.5, 3), part(d + 5, d, 0.5, 3);
+  for (int r = 0; r < d + 5; ++r) {
+    for (int i = 0; i < d; ++i) {
+      ASSERT_EQ(part.direction(r)[i], full.direction(r)[i]) << r << "," << i;
+    }
+  }
+  const int wide_d = 4096;
+  PositiveRandomFeatures wide(2, wide_d, 1.0 / 64, 5);
+  double dot = 0, n0 = 0, n1 = 0;
+  for (int i = 0; i < wide_d; ++i) {
+    const double a = wide.direction(0)[i], b = wide.direction(1)[i];
+    dot += a * b;
+    n0 += a * a;
+    n1 += b * b;
+  }
+  // ‖w‖² is chi-squared with d degrees of freedom: sd sqrt(2d) = 90.
+  EXPECT_NEAR(n0, wide_d, 0.2 * wide_d);
+  EXPECT_NEAR(n1, wide_d, 0.2 * wide_d);
+  EXPECT_LT(std::fabs(dot), 1e-6 * std::sqrt(n0 * n1));
+  EXPECT_EQ(wide.MemoryBytes(), int64_t{2} * wide_d * sizeof(float));
 }
 
 TEST(PositiveRandomFeaturesTest, EstimatesTheExponentialKernel) {
@@ -473,6 +504,45 @@ TEST(SketchTest, BadInputLeavesStateUnchanged) {
   ByteWriter after;
   ASSERT_TRUE(a->SaveState(after).ok());
   EXPECT_EQ(before.data(), after.data());
+}
+
+// Regression (found by tests/fuzz/snapshot_fuzzer.cc): a NaN window key
+// loaded, reached z when its token left the window, and the state could
+// then be exported but not imported again. Non-finite sink or window keys
+// and values are DataLoss.
+TEST(SketchTest, NonFiniteStoredKeyIsDataLoss) {
+  const HeadShape shape{8, 4, 0.3f};
+  const std::string spec = "sketch:features=16,sinks=1,window=2";
+  auto a = MakeSketch(spec, shape);
+  std::vector<float> k = RandomNormal(1, 5 * 8), v = RandomNormal(2, 5 * 4);
+  const float marker = 0.8125f;  // exact in binary; the last key's first
+  k[4 * 8] = marker;             // element, held in the window
+  ASSERT_TRUE(a->Append({k.data(), 5, 8}, {v.data(), 5, 4}).ok());
+  ByteWriter w;
+  ASSERT_TRUE(a->SaveState(w).ok());
+  std::string bad = w.data();
+  const size_t at = bad.find(
+      std::string(reinterpret_cast<const char*>(&marker), sizeof(marker)));
+  ASSERT_NE(at, std::string::npos);
+  const float nan = std::nanf("");
+  std::memcpy(bad.data() + at, &nan, sizeof(nan));
+  auto b = MakeSketch(spec, shape);
+  ByteReader r(bad);
+  const absl::Status st = b->LoadState(r);
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  ByteReader good(w.data());
+  EXPECT_TRUE(b->LoadState(good).ok());
+}
+
+// Regression (found by tests/fuzz/request_fuzzer.cc): map=prf draws a
+// head_dim² block per head whatever the feature count, so a 62-byte
+// CreateSession with head_dim 60408 and features=1 took minutes. Above
+// head_dim 8192 the spec is refused with a message naming the limit.
+TEST(SketchSpecTest, PrfRefusesHugeHeadDim) {
+  auto big = CreateApproximator("sketch:features=1", {8193, 4, 0.01f});
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(big.status().message(), HasSubstr("head_dim up to 8192"));
+  EXPECT_TRUE(CreateApproximator("sketch:features=1", {256, 4, 0.06f}).ok());
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/io/byte_io.h"
+#include "core/registry.h"
 #include "core/session_state.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -183,6 +184,37 @@ TEST(SnapshotTest, HostileHeadCountIsRefusedBeforeBuilding) {
   auto r = Restore(WrapSnapshot(w.data()));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(r.status().message(), HasSubstr("heads"));
+}
+
+// Regression (found by tests/fuzz/snapshot_fuzzer.cc, UBSan): topk, zeta,
+// conv and evict checked a state's token count with n * (d + dv) * 4 >
+// remaining, which wraps for a hostile n; the count then overflowed int64
+// in n * d and the rebuild read past the decoded keys. With d = dv = 8 a
+// row is 64 bytes (80 for evict's stored rows) and these counts wrap the
+// product to 64 bytes, which the blob holds.
+TEST(SnapshotTest, TokenCountWhoseSizeWrapsIsDataLoss) {
+  const HeadShape shape{8, 8, 0.35f};
+  const int64_t wraps_64 = int64_t{1} << 58;      // * 64 = 2^64
+  const int64_t wraps_80 = static_cast<int64_t>(  // * 80 = 2^64 + 64
+      ((__uint128_t{1} << 64) + 64) / 80);
+  for (const char* spec : {"topk", "zeta", "conv", "evict:alpha=1,c=1"}) {
+    SCOPED_TRACE(spec);
+    auto a = CreateApproximator(spec, shape);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ByteWriter empty;
+    ASSERT_TRUE((*a)->SaveState(empty).ok());
+    ByteWriter w;
+    w.PutU8(static_cast<uint8_t>(empty.data()[0]));  // the state version
+    const bool evict = std::string(spec).starts_with("evict");
+    w.PutI64(evict ? wraps_80 + 1 : wraps_64 + 1);  // n
+    if (evict) w.PutI64(wraps_80);                  // stored
+    const std::string pad(256, '\0');
+    w.PutBytes(pad.data(), pad.size());
+    ByteReader r(w.data());
+    const absl::Status s = (*a)->LoadState(r);
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+    EXPECT_EQ((*a)->num_tokens(), 0);
+  }
 }
 
 }  // namespace
