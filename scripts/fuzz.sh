@@ -12,7 +12,7 @@
 #                        [--target spec|npy|snapshot|request]... [--no-build]
 #   --seconds  fuzzing time per target (default 30)
 #   --jobs     build parallelism (default $KVSKETCH_JOBS or nproc)
-#   --target   only these targets (repeatable; default all four)
+#   --target   only these targets (repeatable; default all five)
 #   --no-build run the binaries already in --dir
 #   KVSKETCH_SKIP_DEPS=1 skips apt (scripts/install-deps.sh, clang-14).
 set -euo pipefail
@@ -44,7 +44,7 @@ if ! [[ "$SECONDS_EACH" =~ ^[0-9]+$ ]] || ((SECONDS_EACH < 1)); then
   echo "fuzz.sh: --seconds wants a positive integer, got '$SECONDS_EACH'" >&2
   exit 2
 fi
-((${#TARGETS[@]})) || TARGETS=(spec npy snapshot request)
+((${#TARGETS[@]})) || TARGETS=(spec npy snapshot request wal)
 for t in "${TARGETS[@]}"; do
   if [[ ! -d "tests/fuzz/corpus/$t" ]]; then
     echo "fuzz.sh: unknown target '$t' (spec, npy, snapshot, request)" >&2
