@@ -11,6 +11,9 @@
 # Usage: scripts/fuzz.sh [--seconds 30] [--dir build/fuzz] [--jobs N]
 #                        [--target spec|npy|snapshot|request]... [--no-build]
 #   --seconds  fuzzing time per target (default 30)
+#   --runs N   instead of a time: N inputs per target with a fixed libFuzzer
+#              seed (--seed, default 1), so the run is the same on every
+#              machine for the same binaries (what .ci/run uses)
 #   --jobs     build parallelism (default $KVSKETCH_JOBS or nproc)
 #   --target   only these targets (repeatable; default all five)
 #   --no-build run the binaries already in --dir
@@ -24,6 +27,8 @@ DIR="build/fuzz"
 JOBS="${KVSKETCH_JOBS:-$(nproc)}"
 BUILD=1
 TARGETS=()
+RUNS=0
+SEED=1
 while (($#)); do
   case "$1" in
     --seconds) SECONDS_EACH="$2"; shift ;;
@@ -35,11 +40,19 @@ while (($#)); do
     --target) TARGETS+=("$2"); shift ;;
     --target=*) TARGETS+=("${1#--target=}") ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --runs) RUNS="$2"; shift ;;
+    --runs=*) RUNS="${1#--runs=}" ;;
+    --seed) SEED="$2"; shift ;;
+    --seed=*) SEED="${1#--seed=}" ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "fuzz.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+if ! [[ "$RUNS" =~ ^[0-9]+$ && "$SEED" =~ ^[0-9]+$ ]]; then
+  echo "fuzz.sh: --runs and --seed want non-negative integers" >&2
+  exit 2
+fi
 if ! [[ "$SECONDS_EACH" =~ ^[0-9]+$ ]] || ((SECONDS_EACH < 1)); then
   echo "fuzz.sh: --seconds wants a positive integer, got '$SECONDS_EACH'" >&2
   exit 2
@@ -99,14 +112,24 @@ for t in "${TARGETS[@]}"; do
   art="$DIR/artifacts/$t"
   log="$DIR/logs/$t.log"
   mkdir -p "$work" "$art" "$(dirname "$log")"
-  echo "fuzz.sh: $t for ${SECONDS_EACH} s (log $log)"
+  if ((RUNS > 0)); then what="$RUNS inputs, seed $SEED"; else what="${SECONDS_EACH} s"; fi
+  echo "fuzz.sh: $t for $what (log $log)"
   touch "$log.start"
   rc=0
   # -timeout: one input running 25 s is a hang (every target's inputs take
   # milliseconds; the margin is for a loaded machine, since the clock is
   # wall time); -rss_limit_mb: 2 GiB is an OOM; new inputs go to the work
   # corpus, the seeds are only read.
-  "$bin" -max_total_time="$SECONDS_EACH" -timeout=25 -rss_limit_mb=2048 \
+  if ((RUNS > 0)); then
+    # Deterministic: a fixed seed, a fixed number of inputs, and a fresh
+    # work corpus (a kept one would change what is mutated); the hang limit
+    # is wider since a shared CI machine's wall clock is noisy.
+    rm -rf "$work" && mkdir -p "$work"
+    limits=(-runs="$RUNS" -seed="$SEED" -timeout=120)
+  else
+    limits=(-max_total_time="$SECONDS_EACH" -timeout=25)
+  fi
+  "$bin" "${limits[@]}" -rss_limit_mb=2048 \
     -max_len=16384 -print_final_stats=1 -artifact_prefix="$art/" \
     "$work" "tests/fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
@@ -125,8 +148,8 @@ for t in "${TARGETS[@]}"; do
     grep -m 20 -E 'ERROR|SUMMARY|runtime error|fuzz property|Test unit written' \
       "$log" >&2 || tail -20 "$log" >&2
   fi
-  summary+=("$(printf '%-9s %8s s %12s execs %8s/s %7s units %6s cov %4s crashes' \
-    "$t" "$SECONDS_EACH" "${execs:-?}" "${rate:-?}" "$corpus" "${cov:-?}" \
+  summary+=("$(printf '%-9s %-24s %12s execs %8s/s %7s units %6s cov %4s crashes' \
+    "$t" "$what" "${execs:-?}" "${rate:-?}" "$corpus" "${cov:-?}" \
     "$crashes")")
 done
 
