@@ -94,7 +94,7 @@ absl::Status NormalizeSessionConfig(SessionConfig* config) {
 }
 
 absl::StatusOr<std::unique_ptr<SessionState>> SessionState::Create(
-    SessionConfig config) {
+    SessionConfig config, int64_t max_state_bytes) {
   KVSKETCH_RETURN_IF_ERROR(NormalizeSessionConfig(&config));
   std::unique_ptr<SessionState> s(new SessionState());
   s->config_ = std::move(config);
@@ -102,6 +102,7 @@ absl::StatusOr<std::unique_ptr<SessionState>> SessionState::Create(
   const HeadShape shape{c.head_dim, c.value_dim, c.scale};
   s->layer_specs_.reserve(c.num_layers);
   s->heads_.reserve(static_cast<size_t>(c.num_layers) * c.num_kv_heads);
+  int64_t built_bytes = 0;
   for (int layer = 0; layer < c.num_layers; ++layer) {
     auto it = c.layer_specs.find(layer);
     const std::string& spec = it != c.layer_specs.end() ? it->second : c.spec;
@@ -111,7 +112,15 @@ absl::StatusOr<std::unique_ptr<SessionState>> SessionState::Create(
       if (!head.ok()) {
         return Annotate(head.status(), absl::StrCat("layer ", layer, ": "));
       }
+      built_bytes += (*head)->MemoryBytes();
       s->heads_.push_back(*std::move(head));
+      if (max_state_bytes > 0 && built_bytes > max_state_bytes) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("the session's ", c.num_layers, " x ", c.num_kv_heads,
+                         " heads need more than ", max_state_bytes,
+                         " bytes of state before any token (", built_bytes,
+                         " after building ", s->heads_.size(), " of them)"));
+      }
     }
   }
   return s;
@@ -325,7 +334,7 @@ absl::Status SessionState::Save(ByteWriter& writer) const {
 }
 
 absl::StatusOr<std::unique_ptr<SessionState>> SessionState::Load(
-    ByteReader& reader) {
+    ByteReader& reader, int64_t max_state_bytes) {
   std::string tag;
   KVSKETCH_RETURN_IF_ERROR(
       reader.GetString(&tag, kSessionTag.size(), "session tag"));
@@ -393,8 +402,11 @@ absl::StatusOr<std::unique_ptr<SessionState>> SessionState::Load(
         absl::StrCat("session claims ", num_heads, " heads but only ",
                      reader.remaining(), " bytes remain"));
   }
-  auto created = Create(std::move(c));
-  if (!created.ok()) return ToDataLoss(created.status(), "session: ");
+  auto created = Create(std::move(c), max_state_bytes);
+  if (!created.ok()) {
+    if (absl::IsResourceExhausted(created.status())) return created.status();
+    return ToDataLoss(created.status(), "session: ");
+  }
   std::unique_ptr<SessionState> state = *std::move(created);
   for (int layer = 0; layer < state->config_.num_layers; ++layer) {
     std::string spec;

@@ -59,8 +59,12 @@ absl::Status NormalizeSessionConfig(SessionConfig* config);
 class SessionState {
  public:
   // Normalises config and builds every head. InvalidArgument on bad config.
+  // With max_state_bytes > 0, ResourceExhausted as soon as the heads built
+  // so far hold more than that before any token (a server passes its free
+  // memory budget: many heads, or summaries allocated up front, must not
+  // exhaust memory before the budget is consulted).
   static absl::StatusOr<std::unique_ptr<SessionState>> Create(
-      SessionConfig config);
+      SessionConfig config, int64_t max_state_bytes = 0);
 
   const SessionConfig& config() const { return config_; }
   int group_size() const {
@@ -112,8 +116,10 @@ class SessionState {
 
   // Serialises config, per-head specs and states.
   absl::Status Save(ByteWriter& writer) const;
-  // DataLoss on malformed input.
-  static absl::StatusOr<std::unique_ptr<SessionState>> Load(ByteReader& reader);
+  // DataLoss on malformed input; ResourceExhausted as Create when the
+  // restored heads need more than max_state_bytes (> 0).
+  static absl::StatusOr<std::unique_ptr<SessionState>> Load(
+      ByteReader& reader, int64_t max_state_bytes = 0);
 
  private:
   SessionState() = default;

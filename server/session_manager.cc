@@ -138,10 +138,16 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Create(
         absl::StrCat("session_id: session '", session_id, "' already exists"));
   }
   KVSKETCH_RETURN_IF_ERROR(ReserveSlot());
+  // Heads are built against the free budget, so a config whose initial
+  // state alone would not fit is refused before it can exhaust memory.
   absl::StatusOr<std::unique_ptr<SessionState>> state =
-      SessionState::Create(std::move(config));
+      SessionState::Create(std::move(config), FreeBudgetBytes());
   if (!state.ok()) {
     ReleaseSlot();
+    if (absl::IsResourceExhausted(state.status())) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("memory budget: ", state.status().message()));
+    }
     return absl::Status(state.status().code(),
                         absl::StrCat("config.", state.status().message()));
   }
@@ -193,8 +199,16 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Import(
   if (!ValidateSessionId(stored_id, "snapshot").ok()) {
     return absl::DataLossError("snapshot: stored session id is malformed");
   }
-  KVSKETCH_ASSIGN_OR_RETURN(std::unique_ptr<SessionState> state,
-                            SessionState::Load(reader));
+  absl::StatusOr<std::unique_ptr<SessionState>> loaded =
+      SessionState::Load(reader, FreeBudgetBytes());
+  if (!loaded.ok()) {
+    if (absl::IsResourceExhausted(loaded.status())) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("import: memory budget: ", loaded.status().message()));
+    }
+    return loaded.status();
+  }
+  std::unique_ptr<SessionState> state = *std::move(loaded);
   KVSKETCH_RETURN_IF_ERROR(reader.ExpectEnd("snapshot"));
   const std::string session_id = id.empty() ? stored_id : std::string(id);
   if (Find(session_id, tenant).ok()) {

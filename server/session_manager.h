@@ -20,6 +20,7 @@
 #ifndef KVSKETCH_SERVER_SESSION_MANAGER_H_
 #define KVSKETCH_SERVER_SESSION_MANAGER_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -156,6 +157,12 @@ class SessionManager {
   // Takes a slot under max_sessions or ResourceExhausted.
   absl::Status ReserveSlot();
   void ReleaseSlot() { count_.fetch_sub(1, std::memory_order_relaxed); }
+  // Bytes the memory budget has left (at least 1, so SessionState's
+  // "0 = unlimited" never applies): the most a new session may hold before
+  // its first token.
+  int64_t FreeBudgetBytes() const {
+    return std::max<int64_t>(1, budget_->budget() - budget_->used());
+  }
   // Inserts under the shard lock; AlreadyExists if taken (slot released by
   // the caller).
   absl::Status Insert(const std::shared_ptr<Session>& session);

@@ -18,17 +18,26 @@ absl::StatusOr<std::unique_ptr<Approximator>> CreateSketch(
     const SpecParams& params, const HeadShape& shape,
     std::string canonical_spec) {
   // Everything is allocated up front: refuse sizes that cannot be meant.
+  // The summary has t features: `features` for prf, C(d+g, g) for taylor
+  // (known only once the map is built, which is cheap: O(t·g) indices).
   const int64_t exact_tokens = params.GetInt("sinks") + params.GetInt("window");
-  const int64_t bytes =
-      exact_tokens * (shape.head_dim + shape.value_dim) * 4 +
-      params.GetInt("features") * (shape.value_dim + shape.head_dim + 3) * 8;
-  if (bytes > (int64_t{1} << 31)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "spec ", canonical_spec, ": sinks + window and features need ", bytes,
-        " bytes per head at head_dim ", shape.head_dim, ", value_dim ",
-        shape.value_dim, "; the limit is 2 GiB"));
-  }
+  auto check_bytes = [&](int64_t features) -> absl::Status {
+    const int64_t bytes =
+        exact_tokens * (shape.head_dim + shape.value_dim) * 4 +
+        features * (shape.value_dim + shape.head_dim + 3) * 8;
+    if (bytes > (int64_t{1} << 31)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spec ", canonical_spec, ": sinks + window and ", features,
+          " features need ", bytes, " bytes per head at head_dim ",
+          shape.head_dim, ", value_dim ", shape.value_dim,
+          "; the limit is 2 GiB"));
+    }
+    return absl::OkStatus();
+  };
   const std::string& map_name = params.GetEnum("map");
+  if (map_name != "taylor") {
+    KVSKETCH_RETURN_IF_ERROR(check_bytes(params.GetInt("features")));
+  }
   // The prf map draws a d×d Gaussian block per d features (feature_maps.cc):
   // at least d² normals per head even for one feature, a cost the memory
   // check above does not see (head_dim 60408 with features=1: 3.6·10^9
@@ -47,6 +56,7 @@ absl::StatusOr<std::unique_ptr<Approximator>> CreateSketch(
         TaylorFeatures::Create(shape.head_dim,
                                static_cast<int>(params.GetInt("degree")),
                                shape.scale));
+    KVSKETCH_RETURN_IF_ERROR(check_bytes(taylor->num_features()));
     map = std::move(taylor);
   } else {
     map = std::make_shared<PositiveRandomFeatures>(

@@ -107,6 +107,38 @@ TEST(NormalizeSessionConfigTest, ErrorsNameTheField) {
   }
 }
 
+TEST(SessionStateTest, CreateStopsAtTheStateByteLimit) {
+  SessionConfig c;
+  c.num_layers = 16;
+  c.num_kv_heads = 32;
+  c.head_dim = 8;
+  c.spec = "sketch";  // the feature summary is allocated up front
+  // Unlimited: builds (512 heads of a few tens of KB).
+  auto all = SessionState::Create(c);
+  ASSERT_TRUE(all.ok()) << all.status();
+  const int64_t total = (*all)->MemoryBytes();
+  // A limit below the total stops the build with ResourceExhausted.
+  auto limited = SessionState::Create(c, total / 2);
+  ASSERT_EQ(limited.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(limited.status().message(), HasSubstr("before any token"));
+  // A limit at the total is enough.
+  EXPECT_TRUE(SessionState::Create(c, total).ok());
+}
+
+TEST(SessionStateTest, TaylorSummaryOverTheHeadLimitIsRefusedBeforeAllocating) {
+  // Degree 1 at head_dim 65535 has t = 65536 features; with value_dim 65536
+  // the summary would be t·dv doubles = 32 GiB for one head.
+  SessionConfig c;
+  c.num_layers = 1;
+  c.num_kv_heads = 1;
+  c.head_dim = 65535;
+  c.value_dim = 65536;
+  c.spec = "sketch:map=taylor,degree=1";
+  auto s = SessionState::Create(c);
+  ASSERT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.status().message(), HasSubstr("2 GiB"));
+}
+
 TEST(SessionStateTest, GqaQueriesMatchPerHeadReference) {
   const SessionConfig cfg = GqaConfig();
   auto s = SessionState::Create(cfg);

@@ -87,6 +87,32 @@ TEST(LimitsTest, MemoryBudgetRefusesAppendAndKeepsState) {
   ASSERT_TRUE(t.server->Shutdown(absl::Seconds(5)).ok());
 }
 
+// A session whose state before any token would not fit the free budget is
+// refused while its heads are built, before it can exhaust memory: the
+// largest config (1024 layers x 1024 KV heads) with a summary allocated up
+// front would need ~40 GB. The server keeps serving, and nothing is charged.
+TEST(LimitsTest, CreateSessionWhoseInitialStateExceedsTheBudget) {
+  ServerOptions o = TestOptions();
+  o.memory_budget_bytes = 64 << 20;  // 64 MiB
+  TestServer t = StartServer(o);
+  auto huge = MakeConfig(1024, 1024, 1024, 8, 8);
+  huge.set_spec("sketch");
+  grpc::Status s = CreateSession(*t.stub, "huge", huge);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << StatusText(s);
+  EXPECT_THAT(s.error_message(), HasSubstr("memory budget"));
+  EXPECT_THAT(s.error_message(), HasSubstr("before any token"));
+  v1::SessionInfo info;
+  EXPECT_EQ(GetSession(*t.stub, "huge", &info).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  const std::string m = t.server->ScrapeMetrics();
+  EXPECT_EQ(MetricValue(m, "kvsketch_sessions"), 0);
+  // The same spec at a size that fits is accepted.
+  auto small = MakeConfig(2, 2, 2, 8, 8);
+  small.set_spec("sketch");
+  EXPECT_TRUE(CreateSession(*t.stub, "small", small).ok());
+}
+
 TEST(LimitsTest, MaxTokensPerSession) {
   ServerOptions o = TestOptions();
   o.max_tokens_per_session = 8;
