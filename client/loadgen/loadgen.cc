@@ -26,6 +26,8 @@ constexpr int kVariants = 4;
 // How long the receivers get to drain after the senders stop before the
 // streams are cancelled.
 constexpr absl::Duration kDrainTimeout = absl::Seconds(10);
+// Pause before replacing a stream the server ended as busy/unavailable.
+constexpr absl::Duration kReopenPause = absl::Milliseconds(10);
 
 // Quotes a string for JSON (specs and addresses are plain ASCII, but a
 // quote or backslash must not break the object).
@@ -225,6 +227,7 @@ class StreamWorker {
               std::min(intended - absl::Now(), absl::Milliseconds(50)));
         }
       }
+      bool reopen = false;
       {
         absl::MutexLock l(&mu_);
         auto ready = [&] {
@@ -233,19 +236,49 @@ class StreamWorker {
         while (!ready() && !stop->load()) {
           mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(50));
         }
-        if (receiver_done_ || stop->load() || absl::Now() >= end ||
-            intended >= end) {
+        reopen = receiver_done_ && retryable_end_ && options_.reopen_streams &&
+                 !stop->load() && absl::Now() < end && intended < end;
+        if (!reopen && (receiver_done_ || stop->load() || absl::Now() >= end ||
+                        intended >= end)) {
           break;
         }
-        if (options_.rate == 0) intended = absl::Now();
-        const int v = static_cast<int>(step % kVariants);
-        in_flight_.push_back({step, intended, request_bytes_[v]});
+        if (!reopen) {
+          if (options_.rate == 0) intended = absl::Now();
+          const int v = static_cast<int>(step % kVariants);
+          in_flight_.push_back({step, intended, request_bytes_[v]});
+        }
+      }
+      if (reopen) {
+        // This step is not sent (open loop: it counts as skipped, like a
+        // step the window held back past the end).
+        Reopen();
+        continue;
       }
       v1::DecodeRequest& request = templates_[step % kVariants];
       request.set_step_id(step);
-      if (!stream_->Send(request).ok()) break;  // the receiver sees why
+      if (!stream_->Send(request).ok()) {
+        // The receiver sees why; with reopen_streams the loop above waits
+        // for it and decides whether to open a new stream.
+        if (!options_.reopen_streams) break;
+      }
     }
     stream_->WritesDone().ok();  // a broken stream shows up in Receive
+  }
+
+  // Sender thread, receiver done: replaces the failed stream. A short
+  // pause so that a server shedding load is not hammered with new calls
+  // (the shed is what is being measured, not the client's spin rate).
+  void Reopen() {
+    receiver_.join();
+    absl::SleepFor(kReopenPause);
+    stream_ = client_->OpenDecodeStream(sessions_.front());
+    {
+      absl::MutexLock l(&mu_);
+      in_flight_.clear();
+      receiver_done_ = false;
+      retryable_end_ = false;
+    }
+    receiver_ = std::thread([this] { ReceiveLoop(); });
   }
 
   void ReceiveLoop() {
@@ -258,6 +291,11 @@ class StreamWorker {
         if (!absl::IsOutOfRange(response.status())) {
           stats_->RecordError(
               absl::StatusCodeToString(response.status().code()));
+        }
+        if (absl::IsResourceExhausted(response.status()) ||
+            absl::IsUnavailable(response.status())) {
+          absl::MutexLock l(&mu_);
+          retryable_end_ = true;
         }
         break;
       }
@@ -296,6 +334,8 @@ class StreamWorker {
   absl::Mutex mu_;
   std::deque<InFlight> in_flight_ ABSL_GUARDED_BY(mu_);
   bool receiver_done_ ABSL_GUARDED_BY(mu_) = false;
+  // The stream ended with RESOURCE_EXHAUSTED or UNAVAILABLE.
+  bool retryable_end_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 absl::Status Prefill(const LoadgenOptions& o, AttentionClient* client,

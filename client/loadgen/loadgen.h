@@ -58,6 +58,12 @@ struct LoadgenOptions {
   // session on the replica that will receive its Decode stream. "" picks a
   // random prefix "lg-<8 hex>-" per run.
   std::string session_prefix;
+  // After a stream ends with RESOURCE_EXHAUSTED or UNAVAILABLE (a server
+  // shedding load ends the whole Decode stream), open a new one on the same
+  // sessions and go on until the run ends; each such end is still counted.
+  // Off, the stream stays closed, so a storm against a shedding server
+  // would soon stop offering load (scripts/overload-soak.sh).
+  bool reopen_streams = false;
   // A progress line on stderr at this period; zero disables it.
   absl::Duration progress_interval = absl::Seconds(1);
 };

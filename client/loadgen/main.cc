@@ -85,6 +85,9 @@ std::vector<cli::OptionSpec> Flags() {
        .help =
            "session ids are P0, P1, ... (\"\" = a random \"lg-XXXXXXXX-\")"},
       {.name = "json", .help = "print one JSON object on stdout"},
+      {.name = "reopen-streams",
+       .help = "open a new stream after one ends RESOURCE_EXHAUSTED or "
+               "UNAVAILABLE (counted), until the run ends"},
       {.name = "keep-sessions",
        .help = "do not delete the sessions at the end"},
       {.name = "quiet", .help = "no progress line"},
@@ -166,6 +169,7 @@ int Main(int argc, char** argv) {
   if (!dtype.ok()) return usage_error(dtype.status().message());
   o.dtype = *dtype;
   o.keep_sessions = args->Flag("keep-sessions");
+  o.reopen_streams = args->Flag("reopen-streams");
   if (args->Flag("quiet")) o.progress_interval = absl::ZeroDuration();
 
   std::signal(SIGINT, OnSignal);

@@ -113,6 +113,53 @@ TEST_F(LoadgenTest, OpenLoopBatchedStreamsKeepSessions) {
   EXPECT_EQ(SessionsOnServer(), 4u);
 }
 
+// A server that sheds (1 worker, 1 queued task, every entry on the pool)
+// ends a Decode stream with RESOURCE_EXHAUSTED. Without --reopen-streams
+// each stream can fail at most once; with it the streams come back, so the
+// count exceeds the stream count and steps still get answered.
+TEST_F(LoadgenTest, ReopenStreamsKeepsLoadOnASheddingServer) {
+  server::ServerOptions options;
+  options.listen_address = "127.0.0.1:0";
+  options.metrics_address = "";
+  options.worker_threads = 1;
+  options.max_queued_tasks = 1;
+  options.decode_inline_work_limit = 0;
+  auto shedding = server::Server::Start(options);
+  ASSERT_TRUE(shedding.ok()) << shedding.status();
+  const std::string address =
+      absl::StrCat("127.0.0.1:", (*shedding)->grpc_port());
+  auto run = [&](bool reopen) {
+    std::vector<std::string> args = {KVSKETCH_LOADGEN_PATH,
+                                     "--sessions=16",
+                                     "--head-dim=64",
+                                     "--duration=1s",
+                                     "--warmup=0s",
+                                     "--json",
+                                     "--quiet",
+                                     "--server=" + address};
+    if (reopen) args.push_back("--reopen-streams");
+    ProcessResult r = RunProcess(args);
+    EXPECT_EQ(r.exit_code, 1) << r.err;  // refusals were counted
+    google::protobuf::Struct report;
+    EXPECT_TRUE(
+        google::protobuf::util::JsonStringToMessage(r.out, &report).ok())
+        << r.out;
+    return report;
+  };
+  google::protobuf::Struct once = run(false);
+  const double once_errors = Number(once, "errors_total");
+  EXPECT_GE(once_errors, 1);
+  EXPECT_LE(once_errors, 16);  // at most one end per stream
+  google::protobuf::Struct reopened = run(true);
+  const auto& errors = reopened.fields().at("errors").struct_value().fields();
+  ASSERT_TRUE(errors.contains("RESOURCE_EXHAUSTED")) << reopened.DebugString();
+  EXPECT_GT(errors.at("RESOURCE_EXHAUSTED").number_value(), 16);
+  EXPECT_EQ(Number(reopened, "errors_total"),
+            errors.at("RESOURCE_EXHAUSTED").number_value());
+  EXPECT_GT(Number(reopened, "steps"), 0);
+  (*shedding)->Shutdown(absl::Seconds(5)).IgnoreError();
+}
+
 TEST_F(LoadgenTest, BadFlagsAreUsageErrors) {
   ProcessResult r = Loadgen({"--sessions=0"});
   EXPECT_EQ(r.exit_code, 2);
