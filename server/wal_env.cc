@@ -37,7 +37,7 @@ class MeteredFile final : public durability::WritableFile {
 absl::StatusOr<std::unique_ptr<durability::WritableFile>>
 MeteredEnv::NewWritableFile(const std::string& path) {
   KVSKETCH_ASSIGN_OR_RETURN(std::unique_ptr<durability::WritableFile> file,
-                            base_->NewWritableFile(path));
+                            ForwardingEnv::NewWritableFile(path));
   return std::unique_ptr<durability::WritableFile>(
       std::make_unique<MeteredFile>(std::move(file), metrics_));
 }

@@ -20,43 +20,16 @@
 
 namespace kvsketch::server {
 
-class MeteredEnv final : public durability::Env {
+class MeteredEnv final : public durability::ForwardingEnv {
  public:
   // base and metrics are not owned and must outlive the env.
   MeteredEnv(durability::Env* base, Metrics* metrics)
-      : base_(base), metrics_(metrics) {}
+      : ForwardingEnv(base), metrics_(metrics) {}
 
   absl::StatusOr<std::unique_ptr<durability::WritableFile>> NewWritableFile(
       const std::string& path) override;
-  absl::StatusOr<std::string> ReadFile(const std::string& path) override {
-    return base_->ReadFile(path);
-  }
-  bool FileExists(const std::string& path) override {
-    return base_->FileExists(path);
-  }
-  absl::StatusOr<std::vector<std::string>> ListDir(
-      const std::string& dir) override {
-    return base_->ListDir(dir);
-  }
-  absl::Status CreateDir(const std::string& dir) override {
-    return base_->CreateDir(dir);
-  }
-  absl::Status RenameFile(const std::string& from,
-                          const std::string& to) override {
-    return base_->RenameFile(from, to);
-  }
-  absl::Status DeleteFile(const std::string& path) override {
-    return base_->DeleteFile(path);
-  }
-  absl::Status TruncateFile(const std::string& path, uint64_t size) override {
-    return base_->TruncateFile(path, size);
-  }
-  absl::Status SyncDir(const std::string& dir) override {
-    return base_->SyncDir(dir);
-  }
 
  private:
-  durability::Env* const base_;
   Metrics* const metrics_;
 };
 

@@ -253,7 +253,7 @@ class FaultInjectionEnv::File : public WritableFile {
 absl::StatusOr<std::unique_ptr<WritableFile>>
 FaultInjectionEnv::NewWritableFile(const std::string& path) {
   KVSKETCH_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> base,
-                            base_->NewWritableFile(path));
+                            ForwardingEnv::NewWritableFile(path));
   return std::make_unique<File>(this, std::move(base));
 }
 
@@ -329,7 +329,7 @@ absl::Status FaultInjectionEnv::SyncDir(const std::string& dir) {
     absl::MutexLock lock(&mu_);
     ++counters_.dir_syncs;
   }
-  return base_->SyncDir(dir);
+  return ForwardingEnv::SyncDir(dir);
 }
 
 absl::StatusOr<FsyncPolicy> ParseFsyncPolicy(absl::string_view name) {

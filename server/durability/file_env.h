@@ -63,6 +63,50 @@ class Env {
   static Env* Default();
 };
 
+// An Env that forwards every call to another (not owned), for wrappers that
+// change a few calls (fault injection, metering) and pass the rest through.
+class ForwardingEnv : public Env {
+ public:
+  explicit ForwardingEnv(Env* base) : base_(base) {}
+
+  absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
+      const std::string& path) override {
+    return base_->NewWritableFile(path);
+  }
+  absl::StatusOr<std::string> ReadFile(const std::string& path) override {
+    return base_->ReadFile(path);
+  }
+  bool FileExists(const std::string& path) override {
+    return base_->FileExists(path);
+  }
+  absl::StatusOr<std::vector<std::string>> ListDir(
+      const std::string& dir) override {
+    return base_->ListDir(dir);
+  }
+  absl::Status CreateDir(const std::string& dir) override {
+    return base_->CreateDir(dir);
+  }
+  absl::Status RenameFile(const std::string& from,
+                          const std::string& to) override {
+    return base_->RenameFile(from, to);
+  }
+  absl::Status DeleteFile(const std::string& path) override {
+    return base_->DeleteFile(path);
+  }
+  absl::Status TruncateFile(const std::string& path, uint64_t size) override {
+    return base_->TruncateFile(path, size);
+  }
+  absl::Status SyncDir(const std::string& dir) override {
+    return base_->SyncDir(dir);
+  }
+
+ protected:
+  Env* base() const { return base_; }
+
+ private:
+  Env* const base_;
+};
+
 // tmp = path + ".tmp"; write, fsync, close, rename over path, fsync the
 // directory. A crash at any point leaves either the old or the new file.
 absl::Status WriteFileAtomically(Env* env, const std::string& path,
@@ -90,11 +134,11 @@ class FakeClock : public Clock {
   absl::Time now_ ABSL_GUARDED_BY(mu_) = absl::UnixEpoch();
 };
 
-class FaultInjectionEnv : public Env {
+class FaultInjectionEnv : public ForwardingEnv {
  public:
   // base is not owned; clock (may be nullptr) stamps each fsync.
   explicit FaultInjectionEnv(Env* base, Clock* clock = nullptr)
-      : base_(base), clock_(clock) {}
+      : ForwardingEnv(base), clock_(clock) {}
 
   struct Counters {
     int64_t writes = 0;  // successful WritableFile::Append calls
@@ -118,29 +162,6 @@ class FaultInjectionEnv : public Env {
 
   absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
       const std::string& path) override;
-  absl::StatusOr<std::string> ReadFile(const std::string& path) override {
-    return base_->ReadFile(path);
-  }
-  bool FileExists(const std::string& path) override {
-    return base_->FileExists(path);
-  }
-  absl::StatusOr<std::vector<std::string>> ListDir(
-      const std::string& dir) override {
-    return base_->ListDir(dir);
-  }
-  absl::Status CreateDir(const std::string& dir) override {
-    return base_->CreateDir(dir);
-  }
-  absl::Status RenameFile(const std::string& from,
-                          const std::string& to) override {
-    return base_->RenameFile(from, to);
-  }
-  absl::Status DeleteFile(const std::string& path) override {
-    return base_->DeleteFile(path);
-  }
-  absl::Status TruncateFile(const std::string& path, uint64_t size) override {
-    return base_->TruncateFile(path, size);
-  }
   absl::Status SyncDir(const std::string& dir) override;
 
  private:
@@ -149,7 +170,6 @@ class FaultInjectionEnv : public Env {
   absl::Status BeforeSync();
   void AfterSync();
 
-  Env* const base_;
   Clock* const clock_;
   mutable absl::Mutex mu_;
   Counters counters_ ABSL_GUARDED_BY(mu_);
