@@ -52,6 +52,21 @@ std::vector<float> QueryAll(const Approximator& a, const std::vector<float>& q,
   return out;
 }
 
+// The baseline that ignores the logits: m output rows, each the plain mean
+// of the n value rows (n×dv).
+std::vector<float> MeanOfValuesRows(const std::vector<float>& values, int64_t n,
+                                    int dv, int64_t m) {
+  std::vector<float> mean(m * dv, 0.f);
+  for (int c = 0; c < dv; ++c) {
+    double s = 0;
+    for (int64_t j = 0; j < n; ++j) s += values[j * dv + c];
+    for (int64_t i = 0; i < m; ++i) {
+      mean[i * dv + c] = static_cast<float>(s / n);
+    }
+  }
+  return mean;
+}
+
 double RmsDiff(const std::vector<float>& a, const std::vector<double>& b) {
   double s = 0;
   for (size_t i = 0; i < a.size(); ++i) s += (a[i] - b[i]) * (a[i] - b[i]);
@@ -388,14 +403,7 @@ TEST(SketchTest, BoundedLogitErrorFarBelowMeanOfValues) {
   const HeadShape shape{d, dv, data.scale};
   const auto ref = ReferenceAttention(data.queries, m, data.keys, data.values,
                                       n, d, dv, data.scale);
-  std::vector<float> mean(m * dv, 0.f);
-  for (int c = 0; c < dv; ++c) {
-    double s = 0;
-    for (int64_t j = 0; j < n; ++j) s += data.values[j * dv + c];
-    for (int64_t i = 0; i < m; ++i)
-      mean[i * dv + c] = static_cast<float>(s / n);
-  }
-  const double mean_err = RmsDiff(mean, ref);
+  const double mean_err = RmsDiff(MeanOfValuesRows(data.values, n, dv, m), ref);
   for (const std::string spec :
        {"sketch:map=taylor,degree=4,sinks=4,window=64",
         "sketch:map=taylor,degree=3,sinks=4,window=64"}) {
@@ -424,14 +432,8 @@ TEST(SketchTest, BoundedLogitErrorFarBelowMeanOfValuesAtRealisticD) {
     const HeadShape shape{d, dv, data.scale};
     const auto ref = ReferenceAttention(data.queries, m, data.keys, data.values,
                                         n, d, dv, data.scale);
-    std::vector<float> mean(m * dv, 0.f);
-    for (int c = 0; c < dv; ++c) {
-      double s = 0;
-      for (int64_t j = 0; j < n; ++j) s += data.values[j * dv + c];
-      for (int64_t i = 0; i < m; ++i)
-        mean[i * dv + c] = static_cast<float>(s / n);
-    }
-    const double mean_err = RmsDiff(mean, ref);
+    const double mean_err =
+        RmsDiff(MeanOfValuesRows(data.values, n, dv, m), ref);
     auto a = MakeSketch("sketch:map=taylor,degree=2,sinks=4,window=64", shape);
     ASSERT_TRUE(
         a->Append({data.keys.data(), n, d}, {data.values.data(), n, dv}).ok());
