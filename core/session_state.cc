@@ -455,4 +455,23 @@ absl::StatusOr<std::unique_ptr<SessionState>> SessionState::Load(
   return state;
 }
 
+absl::Status SessionState::ApplyTokenLimit(int64_t limit) {
+  if (limit <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("token limit (", limit, ") must be > 0"));
+  }
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    const int64_t tokens = num_tokens(layer);
+    if (tokens > limit) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "layer ", layer, " holds ", tokens, " tokens, over the limit of ",
+          limit, " tokens per layer"));
+    }
+  }
+  if (config_.max_tokens == 0 || config_.max_tokens > limit) {
+    config_.max_tokens = limit;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace kvsketch

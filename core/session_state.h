@@ -121,6 +121,14 @@ class SessionState {
   static absl::StatusOr<std::unique_ptr<SessionState>> Load(
       ByteReader& reader, int64_t max_state_bytes = 0);
 
+  // Holds the session to at most `limit` (> 0) tokens per layer from now on
+  // (a server importing a snapshot made elsewhere applies its own
+  // --max_tokens_per_session): lowers config().max_tokens to `limit` when it
+  // is 0 (unlimited) or larger. ResourceExhausted, changing nothing, when a
+  // layer already holds more than `limit` tokens; InvalidArgument for
+  // limit <= 0.
+  absl::Status ApplyTokenLimit(int64_t limit);
+
  private:
   SessionState() = default;
 

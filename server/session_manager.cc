@@ -210,6 +210,15 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Import(
   }
   std::unique_ptr<SessionState> state = *std::move(loaded);
   KVSKETCH_RETURN_IF_ERROR(reader.ExpectEnd("snapshot"));
+  // A snapshot made on another server (or before a restart with a lower
+  // limit) is held to this server's per-session token limit, as a created
+  // session is.
+  if (absl::Status s = state->ApplyTokenLimit(options_.max_tokens_per_session);
+      !s.ok()) {
+    return absl::Status(
+        s.code(),
+        absl::StrCat("import: max_tokens_per_session: ", s.message()));
+  }
   const std::string session_id = id.empty() ? stored_id : std::string(id);
   if (Find(session_id, tenant).ok()) {
     return absl::AlreadyExistsError(

@@ -221,6 +221,69 @@ TEST(LimitsTest, ImportOverBudgetIsResourceExhausted) {
   ASSERT_TRUE(dst.server->Shutdown(absl::Seconds(5)).ok());
 }
 
+// A snapshot is held to the importing server's --max_tokens_per_session:
+// refused (nothing created) when a layer already holds more, else imported
+// with the limit applied to later appends.
+TEST(LimitsTest, ImportAppliesTheServersTokenLimit) {
+  TestServer src = StartServer(TestOptions());
+  const int H = 2, d = 16;
+  ASSERT_TRUE(CreateSession(*src.stub, "s", MakeConfig(1, H, H, d, d)).ok());
+  ASSERT_TRUE(AppendTokens(*src.stub, "s", 0, H, 200, d, d,
+                           RandomFloats(H * 200 * d, 1),
+                           RandomFloats(H * 200 * d, 2))
+                  .ok());
+  std::string blob;
+  {
+    grpc::ClientContext ctx;
+    v1::ExportSessionRequest req;
+    req.set_session_id("s");
+    auto reader = src.stub->ExportSession(&ctx, req);
+    v1::SnapshotChunk chunk;
+    while (reader->Read(&chunk)) blob += chunk.data();
+    ASSERT_TRUE(reader->Finish().ok());
+  }
+  auto import = [&](TestServer& t) {
+    grpc::ClientContext ctx;
+    v1::ImportSessionResponse resp;
+    auto w = t.stub->ImportSession(&ctx, &resp);
+    v1::ImportSessionRequest req;
+    req.set_data(blob);
+    w->Write(req);
+    w->WritesDone();
+    return w->Finish();
+  };
+  ServerOptions tight = TestOptions();
+  tight.max_tokens_per_session = 100;
+  TestServer small = StartServer(tight);
+  grpc::Status s = import(small);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << StatusText(s);
+  EXPECT_THAT(s.error_message(), HasSubstr("max_tokens_per_session"));
+  EXPECT_THAT(s.error_message(), HasSubstr("200 tokens"));
+  v1::SessionInfo info;
+  EXPECT_EQ(GetSession(*small.stub, "s", &info).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
+  ServerOptions roomy = TestOptions();
+  roomy.max_tokens_per_session = 250;
+  TestServer fits = StartServer(roomy);
+  s = import(fits);
+  ASSERT_TRUE(s.ok()) << StatusText(s);
+  s = AppendTokens(*fits.stub, "s", 0, H, 51, d, d, RandomFloats(H * 51 * d, 3),
+                   RandomFloats(H * 51 * d, 4));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << StatusText(s);
+  ASSERT_TRUE(GetSession(*fits.stub, "s", &info).ok());
+  EXPECT_THAT(info.tokens_per_layer(), ::testing::ElementsAre(200));
+  EXPECT_TRUE(AppendTokens(*fits.stub, "s", 0, H, 50, d, d,
+                           RandomFloats(H * 50 * d, 3),
+                           RandomFloats(H * 50 * d, 4))
+                  .ok());
+  ASSERT_TRUE(src.server->Shutdown(absl::Seconds(5)).ok());
+  ASSERT_TRUE(small.server->Shutdown(absl::Seconds(5)).ok());
+  ASSERT_TRUE(fits.server->Shutdown(absl::Seconds(5)).ok());
+}
+
 TEST(LimitsTest, BadOptionsFailStart) {
   ServerOptions o = TestOptions();
   o.default_spec = "nosuchkind";
