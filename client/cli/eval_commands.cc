@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "core/eval/report.h"
 #include "core/eval/trace.h"
 #include "core/registry.h"
+#include "core/regression/correction_file.h"
 
 namespace kvsketch::client::cli {
 namespace {
@@ -153,9 +155,37 @@ std::vector<OptionSpec> EvalFlags() {
                .value_name = "DIR",
                .help = "write eval.md, eval.csv, eval.json, eval_error.svg, "
                        "eval_memory.svg here"});
+  o.push_back({.name = "correction",
+               .value_name = "DIR",
+               .help = "with --trace: a storage correction from kvsketch fit "
+                       "--correct SPEC --out DIR; every spec equal to SPEC "
+                       "gets a second row '<label> +fit' with the fitted "
+                       "correction applied. On the fit's own trace, all rows "
+                       "are scored only past its training tokens"});
   o.push_back({.name = "quiet", .help = "no progress line on stderr"});
   return o;
 }
+
+namespace {
+
+// Same directory: compares canonical paths (false if either is unusable).
+bool SameDirectory(const std::string& a, const std::string& b) {
+  std::error_code ec1, ec2;
+  const auto ca = std::filesystem::weakly_canonical(a, ec1);
+  const auto cb = std::filesystem::weakly_canonical(b, ec2);
+  return !ec1 && !ec2 && ca == cb;
+}
+
+// Restricts scoring to positions >= first (rows before it stay, unscored, so
+// query-driven policies still see them).
+void ScoreFrom(eval::Trace* t, int64_t first) {
+  if (t->scored.empty()) t->scored.assign(t->m(), 1);
+  for (int64_t i = 0; i < t->m(); ++i) {
+    if (t->query_pos[i] < first) t->scored[i] = 0;
+  }
+}
+
+}  // namespace
 
 int RunEval(const ParsedArgs& args) {
   CommonData c;
@@ -173,6 +203,41 @@ int RunEval(const ParsedArgs& args) {
     }
   }
   if (specs.empty()) return UsageError("--specs is empty");
+  std::optional<regression::StorageCorrectionFile> correction;
+  std::vector<eval::EvalSpec> eval_specs;
+  for (const std::string& s : specs) eval_specs.push_back({s, s, nullptr});
+  if (args.Has("correction")) {
+    if (c.trace_dir.empty()) {
+      return UsageError(
+          "--correction needs --trace (a correction is fitted per head of a "
+          "model's trace)");
+    }
+    auto f = regression::LoadStorageCorrection(args.Get("correction"));
+    if (!f.ok()) return Failure(f.status());
+    correction = std::move(*f);
+    const regression::StorageCorrectionFile* file = &*correction;
+    eval_specs.clear();
+    bool matched = false;
+    for (const std::string& s : specs) {
+      eval_specs.push_back({s, s, nullptr});
+      absl::StatusOr<std::string> canonical = CanonicalizeSpec(s);
+      if (canonical.ok() && *canonical == file->base_spec) {
+        matched = true;
+        eval_specs.push_back(
+            {absl::StrCat(s, " +fit"), s,
+             [file](std::unique_ptr<Approximator> base, int layer, int kv) {
+               return regression::WrapWithCorrection(*file, layer, kv,
+                                                     std::move(base));
+             }});
+      }
+    }
+    if (!matched) {
+      return UsageError(absl::StrCat(
+          "--correction: the correction in ", args.Get("correction"),
+          " is for '", file->base_spec,
+          "', and no --specs entry is that spec (add it to --specs)"));
+    }
+  }
   std::vector<int64_t> ns;
   if (c.trace_dir.empty()) {
     auto parsed = ParseList(args, "n");
@@ -226,17 +291,55 @@ int RunEval(const ParsedArgs& args) {
                                        c.seed, c.c0, *warm, prefill)
             : eval::LoadTraceDir(c.trace_dir);
     if (!trace.ok()) return Failure(trace.status());
+    int64_t held_from = 0;  // first scored position (the correction's split)
+    if (correction) {
+      if (absl::Status st =
+              regression::CheckCorrectionMatchesTrace(*correction, *trace);
+          !st.ok()) {
+        return Failure(st);
+      }
+      if (SameDirectory(c.trace_dir, correction->trace_dir) &&
+          trace->n == correction->n) {
+        held_from = correction->train_tokens;
+      }
+    }
     if (prefill) {
+      if (held_from > 0) ScoreFrom(&*trace, held_from);
       eval::MarkScoredQueries(&*trace, c.queries);
     } else {
       eval::SubsampleQueries(&*trace, c.queries, *warm);
+      if (held_from > 0) ScoreFrom(&*trace, held_from);
+    }
+    if (correction) {
+      int64_t scored = 0, first = -1;
+      for (int64_t r = 0; r < trace->m(); ++r) {
+        if (!trace->is_scored(r)) continue;
+        if (first < 0) first = trace->query_pos[r];
+        ++scored;
+      }
+      if (held_from > 0) {
+        std::printf(
+            "held out: the correction was fitted on positions 0..%lld of "
+            "this trace; every row (untrained and +fit) is scored only at "
+            "positions >= %lld (%lld positions per head, first %lld)\n\n",
+            static_cast<long long>(held_from - 1),
+            static_cast<long long>(held_from), static_cast<long long>(scored),
+            static_cast<long long>(first));
+      } else {
+        std::printf(
+            "held out: the correction was fitted on another trace (%s); "
+            "every position of this one is held out (%lld positions per "
+            "head scored)\n\n",
+            correction->trace_name.c_str(), static_cast<long long>(scored));
+      }
+      std::fflush(stdout);
     }
     auto progress = [&](const std::string& what) {
       if (!quiet)
         std::cerr << "\r\033[K[" << (i + 1) << "/" << runs << "] " << what
                   << std::flush;
     };
-    auto r = eval::RunEval(*trace, specs, options, progress);
+    auto r = eval::RunEval(*trace, eval_specs, options, progress);
     if (!quiet) std::cerr << "\r\033[K" << std::flush;
     if (!r.ok()) return Failure(r.status());
     rows.insert(rows.end(), r->begin(), r->end());

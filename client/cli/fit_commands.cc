@@ -5,7 +5,10 @@
 //                                  write X.npy, Y.npy, history.csv
 //   --trace DIR --correct SPEC     per-head storage correction of a lossy
 //                                  approximator (§D.7 item 1), fitted on the
-//                                  first tokens, scored on the rest
+//                                  first tokens, scored on the rest; with
+//                                  --out, saved for `kvsketch eval
+//                                  --correction` (core/regression/
+//                                  correction_file.h)
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -17,6 +20,7 @@
 #include "client/cli/command.h"
 #include "core/eval/trace.h"
 #include "core/io/npy.h"
+#include "core/regression/correction_file.h"
 #include "core/regression/regression.h"
 #include "core/regression/storage_correction.h"
 
@@ -112,13 +116,23 @@ int RunCorrection(const ParsedArgs& args, double lambda, int64_t max_iters,
       res->size(), raw / heads, fit / heads, improved, res->size());
   if (args.Has("out")) {
     const std::string dir = args.Get("out");
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
+    absl::StatusOr<regression::StorageCorrectionFile> file =
+        regression::MakeStorageCorrectionFile(*trace, args.Get("trace"), opt,
+                                              *res);
+    if (!file.ok()) return Failure(file.status());
+    if (absl::Status st = regression::SaveStorageCorrection(*file, dir);
+        !st.ok()) {
+      return Failure(st);
+    }
     if (absl::Status st = WriteFileAtomically(dir + "/correction.csv", csv);
         !st.ok()) {
       return Failure(st);
     }
-    std::printf("wrote %s/correction.csv\n", dir.c_str());
+    std::printf(
+        "wrote %s/correction_x.npy, correction_y.npy, correction.txt "
+        "(base %s, trained on positions 0..%lld) and correction.csv\n",
+        dir.c_str(), file->base_spec.c_str(),
+        static_cast<long long>(file->train_tokens - 1));
   }
   return kExitOk;
 }
@@ -134,7 +148,9 @@ std::vector<OptionSpec> FitFlags() {
       {.name = "out",
        .value_name = "DIR",
        .help = "write X.npy [d1, d2], Y.npy [p, q], history.csv here "
-               "(--correct: correction.csv)"},
+               "(--correct: correction_x.npy [L,Hq,d,d], correction_y.npy "
+               "[L,Hq,dv,dv], correction.txt for kvsketch eval "
+               "--correction, and correction.csv)"},
       {.name = "causal",
        .help = "causal mask: row i sees key rows j <= i + m - n"},
       {.name = "lambda",

@@ -222,10 +222,19 @@ class HeadRunner {
 absl::StatusOr<std::vector<EvalRow>> RunEval(
     const Trace& t, absl::Span<const std::string> specs,
     const EvalOptions& options, const ProgressFn& progress) {
+  std::vector<EvalSpec> plain;
+  for (const std::string& s : specs) plain.push_back({s, s, nullptr});
+  return RunEval(t, plain, options, progress);
+}
+
+absl::StatusOr<std::vector<EvalRow>> RunEval(const Trace& t,
+                                             absl::Span<const EvalSpec> specs,
+                                             const EvalOptions& options,
+                                             const ProgressFn& progress) {
   const HeadShape shape{t.d, t.dv, t.scale};
   std::vector<std::string> canonical;
-  for (const std::string& spec : specs) {
-    KVSKETCH_ASSIGN_OR_RETURN(std::string c, CanonicalizeSpec(spec));
+  for (const EvalSpec& es : specs) {
+    KVSKETCH_ASSIGN_OR_RETURN(std::string c, CanonicalizeSpec(es.spec));
     KVSKETCH_RETURN_IF_ERROR(CreateApproximator(c, shape).status());
     canonical.push_back(std::move(c));
   }
@@ -241,13 +250,25 @@ absl::StatusOr<std::vector<EvalRow>> RunEval(
   }
   std::vector<EvalRow> rows;
   for (size_t si = 0; si < canonical.size(); ++si) {
-    const std::string& spec = canonical[si];
+    std::string spec = canonical[si];
     Accum acc;
     SelfMeasurements self;
     for (int l = 0; l < t.layers; ++l) {
       for (int kh = 0; kh < t.kv_heads; ++kh) {
         KVSKETCH_ASSIGN_OR_RETURN(std::unique_ptr<Approximator> a,
-                                  CreateApproximator(spec, shape));
+                                  CreateApproximator(canonical[si], shape));
+        if (specs[si].wrap) {
+          absl::StatusOr<std::unique_ptr<Approximator>> w =
+              specs[si].wrap(std::move(a), l, kh);
+          if (!w.ok()) {
+            return absl::Status(
+                w.status().code(),
+                absl::StrCat(specs[si].label, ": layer ", l, " KV head ", kh,
+                             ": ", w.status().message()));
+          }
+          a = std::move(*w);
+          spec = a->Spec();
+        }
         HeadRunner runner(t, l, kh, spec, a.get(), &acc);
         KVSKETCH_RETURN_IF_ERROR(prefill ? runner.Prefill(options.chunk)
                                          : runner.Stream());
@@ -259,7 +280,7 @@ absl::StatusOr<std::vector<EvalRow>> RunEval(
       }
     }
     EvalRow r;
-    r.label = std::string(specs[si]);
+    r.label = specs[si].label;
     r.spec = spec;
     r.trace = t.name;
     r.path = EvalPathName(options.path);

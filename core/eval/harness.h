@@ -26,11 +26,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "core/approximator.h"
 #include "core/eval/trace.h"
 
 namespace kvsketch::eval {
@@ -80,9 +82,27 @@ bool IsDenseTrace(const Trace& trace);
 // Called after each (spec, layer, KV head) with a short description.
 using ProgressFn = std::function<void(const std::string&)>;
 
+// Optional decorator of one (layer, KV head)'s approximator: gets the
+// registry-built base and returns what the harness runs instead (e.g. the
+// fitted storage correction, core/regression/correction_file.h).
+using HeadWrapper = std::function<absl::StatusOr<std::unique_ptr<Approximator>>(
+    std::unique_ptr<Approximator> base, int layer, int kv_head)>;
+
+// One row of a run: a registry spec, its label, and an optional wrapper.
+struct EvalSpec {
+  std::string label;  // EvalRow::label
+  std::string spec;   // registry spec of the (base) approximator
+  HeadWrapper wrap;   // null: run the registry's approximator as is
+};
+
 // Runs each spec over the trace. InvalidArgument for an unknown spec or a
 // prefill run over a trace that is not dense (before any work); errors of
-// the approximators are returned with the spec named.
+// the approximators are returned with the spec named. A wrapped spec's
+// EvalRow::spec is the wrapper's Spec() (e.g. "<canonical>+correction").
+absl::StatusOr<std::vector<EvalRow>> RunEval(
+    const Trace& trace, absl::Span<const EvalSpec> specs,
+    const EvalOptions& options, const ProgressFn& progress = nullptr);
+// The same with label = spec and no wrapper.
 absl::StatusOr<std::vector<EvalRow>> RunEval(
     const Trace& trace, absl::Span<const std::string> specs,
     const EvalOptions& options, const ProgressFn& progress = nullptr);

@@ -18,12 +18,7 @@ namespace {
 using ::testing::HasSubstr;
 using testing::MakeTempDir;
 using testing::ProcessResult;
-using testing::RunProcess;
-
-ProcessResult Cli(std::vector<std::string> args) {
-  args.insert(args.begin(), KVSKETCH_CLI_PATH);
-  return RunProcess(args);
-}
+using testing::RunCli;
 
 std::string Slurp(const std::string& path) {
   std::ifstream in(path);
@@ -71,9 +66,9 @@ std::vector<std::string> Lines(const std::string& s) {
 TEST(EvalCliTest, SyntheticRunWritesEveryOutput) {
   const std::string dir = MakeTempDir();
   ProcessResult r =
-      Cli({"eval", "--synthetic", "planted", "--n", "512,1K", "--d", "16",
-           "--queries", "4", "--specs", "exact; topk:k=32 ;evict:budget=96",
-           "--out", dir, "--quiet"});
+      RunCli({"eval", "--synthetic", "planted", "--n", "512,1K", "--d", "16",
+              "--queries", "4", "--specs", "exact; topk:k=32 ;evict:budget=96",
+              "--out", dir, "--quiet"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("| trace | path | spec | n |"));
   EXPECT_THAT(r.out, HasSubstr("| planted | stream | `exact` | 1024 | 4 |"));
@@ -129,27 +124,27 @@ TEST(EvalCliTest, TraceDirEvalAndCalibrate) {
   ASSERT_TRUE(WriteNpy(dir + "/k.npy", {L, Hkv, T, d}, k).ok());
   ASSERT_TRUE(WriteNpy(dir + "/v.npy", {L, Hkv, T, d}, v).ok());
 
-  ProcessResult r = Cli({"eval", "--trace", dir, "--specs", "exact",
-                         "--queries", "5", "--quiet"});
+  ProcessResult r = RunCli({"eval", "--trace", dir, "--specs", "exact",
+                            "--queries", "5", "--quiet"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // A trace directory takes the prefill path by default. Rows scored:
   // layers × query heads × queries.
   EXPECT_THAT(r.out, HasSubstr("| prefill | `exact` | 40 | 40 |"));
   EXPECT_THAT(r.out, HasSubstr("dir:" + dir));
-  r = Cli({"eval", "--trace", dir, "--specs", "exact", "--queries", "5",
-           "--path", "stream", "--quiet"});
+  r = RunCli({"eval", "--trace", dir, "--specs", "exact", "--queries", "5",
+              "--path", "stream", "--quiet"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("| stream | `exact` | 40 | 40 |"));
-  r = Cli({"eval", "--trace", dir, "--specs", "exact", "--queries", "5",
-           "--chunk", "7", "--quiet"});
+  r = RunCli({"eval", "--trace", dir, "--specs", "exact", "--queries", "5",
+              "--chunk", "7", "--quiet"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("| prefill | `exact` | 40 | 40 |"));
 
-  r = Cli({"calibrate", "--trace", dir, "--prefixes", "10,20,40", "--json"});
+  r = RunCli({"calibrate", "--trace", dir, "--prefixes", "10,20,40", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(Count(r.out, "\"topk_spec\": \"topk:alpha="), L * Hq);
   EXPECT_EQ(Count(r.out, "\"k_tau\""), L * Hq * 3);
-  r = Cli({"calibrate", "--trace", dir});
+  r = RunCli({"calibrate", "--trace", dir});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("suggested specs"));
   EXPECT_EQ(Count(r.out, "evict:alpha="), L * Hq);
@@ -158,60 +153,61 @@ TEST(EvalCliTest, TraceDirEvalAndCalibrate) {
   ASSERT_TRUE(WriteNpy(dir + "/v.npy", {L, Hkv, T - 1, d},
                        std::vector<float>(L * Hkv * (T - 1) * d, 0.f))
                   .ok());
-  r = Cli({"eval", "--trace", dir, "--specs", "exact"});
+  r = RunCli({"eval", "--trace", dir, "--specs", "exact"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("T (dim 2)"));
 }
 
 TEST(EvalCliTest, ErrorsAndHelp) {
-  ProcessResult r = Cli({"eval", "--specs", "exact;nosuch", "--n", "64"});
+  ProcessResult r = RunCli({"eval", "--specs", "exact;nosuch", "--n", "64"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("nosuch"));
-  r = Cli({"eval", "--specs", "evict:budget=8", "--n", "64"});
+  r = RunCli({"eval", "--specs", "evict:budget=8", "--n", "64"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("budget"));
-  r = Cli({"eval", "--synthetic", "zipf"});
+  r = RunCli({"eval", "--synthetic", "zipf"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("valid: gaussian"));
-  r = Cli({"eval", "--trace", "/nonexistent/dir", "--synthetic", "gaussian"});
+  r = RunCli(
+      {"eval", "--trace", "/nonexistent/dir", "--synthetic", "gaussian"});
   EXPECT_EQ(r.exit_code, 2);
-  r = Cli({"eval", "--trace", "/nonexistent/dir"});
+  r = RunCli({"eval", "--trace", "/nonexistent/dir"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("/nonexistent/dir/q.npy"));
-  r = Cli({"eval", "--n", "1K,x"});
+  r = RunCli({"eval", "--n", "1K,x"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--n"));
-  r = Cli({"eval", "--warm", "-1"});
+  r = RunCli({"eval", "--warm", "-1"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--warm"));
-  r = Cli({"eval", "--path", "sideways"});
+  r = RunCli({"eval", "--path", "sideways"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--path"));
-  r = Cli({"eval", "--path", "prefill", "--synthetic", "gaussian"});
+  r = RunCli({"eval", "--path", "prefill", "--synthetic", "gaussian"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("planted"));
-  r = Cli(
+  r = RunCli(
       {"eval", "--path", "prefill", "--synthetic", "planted", "--warm", "4"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--warm"));
-  r = Cli(
+  r = RunCli(
       {"eval", "--chunk", "-2", "--path", "prefill", "--synthetic", "sinks"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--chunk"));
   // A planted synthetic trace through the prefill path, in chunks.
-  r = Cli({"eval", "--path", "prefill", "--synthetic", "planted", "--n", "600",
-           "--d", "8", "--queries", "3", "--chunk", "128", "--specs", "exact",
-           "--quiet"});
+  r = RunCli({"eval", "--path", "prefill", "--synthetic", "planted", "--n",
+              "600", "--d", "8", "--queries", "3", "--chunk", "128", "--specs",
+              "exact", "--quiet"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("| planted | prefill | `exact` | 600 | 3 |"));
-  r = Cli({"calibrate", "--tau", "1.5"});
+  r = RunCli({"calibrate", "--tau", "1.5"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--tau"));
-  r = Cli({"eval", "--help"});
+  r = RunCli({"eval", "--help"});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_THAT(r.out, HasSubstr("--specs"));
   EXPECT_THAT(r.out, HasSubstr("--synthetic"));
-  r = Cli({"calibrate", "--help"});
+  r = RunCli({"calibrate", "--help"});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_THAT(r.out, HasSubstr("--prefixes"));
 }

@@ -21,12 +21,7 @@ using regression::Matrix;
 using ::testing::HasSubstr;
 using testing::MakeTempDir;
 using testing::ProcessResult;
-using testing::RunProcess;
-
-ProcessResult Cli(std::vector<std::string> args) {
-  args.insert(args.begin(), KVSKETCH_CLI_PATH);
-  return RunProcess(args);
-}
+using testing::RunCli;
 
 // Rounds through float32 so the double-precision planted targets are made
 // from exactly the matrices the CLI will read.
@@ -86,7 +81,7 @@ TEST(FitCliTest, PlantedRegressionRecoversXAndReportsHeldOutLoss) {
   const PlantedFiles p = WritePlanted();
   std::vector<std::string> args = Flags(p.dir);
   for (const char* a : {"--causal", "--holdout", "0.25"}) args.push_back(a);
-  ProcessResult r = Cli(args);
+  ProcessResult r = RunCli(args);
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
   EXPECT_THAT(r.out, HasSubstr("fit: n 40 (train 30), m 40, X 4x4"));
   EXPECT_THAT(r.out, HasSubstr("iter   0  loss"));
@@ -123,7 +118,7 @@ TEST(FitCliTest, BadInputsGiveClearErrors) {
   Save(p.dir + "/a3_short.npy", RandomF32(39, 4, rng, 1));
   std::vector<std::string> args = Flags(p.dir);
   args[6] = p.dir + "/a3_short.npy";
-  ProcessResult r = Cli(args);
+  ProcessResult r = RunCli(args);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("A3 has 39 rows but A2 has 40"));
 
@@ -132,7 +127,7 @@ TEST(FitCliTest, BadInputsGiveClearErrors) {
   Save(p.dir + "/a1_nan.npy", nan_a1);
   args = Flags(p.dir);
   args[2] = p.dir + "/a1_nan.npy";
-  r = Cli(args);
+  r = RunCli(args);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("A1 has a non-finite entry"));
 
@@ -142,36 +137,36 @@ TEST(FitCliTest, BadInputsGiveClearErrors) {
   Save(p.dir + "/a1_dup.npy", dup);
   args = Flags(p.dir);
   args[2] = p.dir + "/a1_dup.npy";
-  r = Cli(args);
+  r = RunCli(args);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("FAILED_PRECONDITION: singular problem: A1"));
   args.push_back("--lambda");
   args.push_back("1e-3");
-  EXPECT_EQ(Cli(args).exit_code, 0);
+  EXPECT_EQ(RunCli(args).exit_code, 0);
 
   args = Flags(p.dir);
   args[8] = p.dir + "/missing.npy";
-  r = Cli(args);
+  r = RunCli(args);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("--b"));
 
   args = Flags(p.dir);
   args.resize(args.size() - 2);  // no --out
-  r = Cli(args);
+  r = RunCli(args);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--out is required"));
 
   args = Flags(p.dir);
   for (const char* a : {"--holdout", "0.2", "--split", "10"}) args.push_back(a);
-  EXPECT_EQ(Cli(args).exit_code, 2);
+  EXPECT_EQ(RunCli(args).exit_code, 2);
 
   args = Flags(p.dir);
   for (const char* a : {"--split", "40"}) args.push_back(a);
-  r = Cli(args);
+  r = RunCli(args);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("both must be >= 1"));
 
-  r = Cli({"fit", "--help"});
+  r = RunCli({"fit", "--help"});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_THAT(r.out, HasSubstr("--a1"));
   EXPECT_THAT(r.out, HasSubstr("--correct"));
@@ -190,8 +185,8 @@ TEST(FitCliTest, StorageCorrectionModeOnATraceDirectory) {
   ASSERT_TRUE(WriteNpy(dir + "/k.npy", {L, Hkv, T, d}, k).ok());
   ASSERT_TRUE(WriteNpy(dir + "/v.npy", {L, Hkv, T, d}, v).ok());
   ProcessResult r =
-      Cli({"fit", "--trace", dir, "--correct", "evict:budget=24,window=8",
-           "--train", "0.5", "--out", dir + "/out"});
+      RunCli({"fit", "--trace", dir, "--correct", "evict:budget=24,window=8",
+              "--train", "0.5", "--out", dir + "/out"});
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
   EXPECT_THAT(r.out, HasSubstr("storage correction of 'evict:budget=24"));
   EXPECT_THAT(r.out, HasSubstr("held-out relative error, mean over 2 heads"));
@@ -201,10 +196,10 @@ TEST(FitCliTest, StorageCorrectionModeOnATraceDirectory) {
   while (std::getline(csv, line)) ++lines;
   EXPECT_EQ(lines, 3);  // header + 2 query heads
 
-  r = Cli({"fit", "--trace", dir, "--correct", "topk"});
+  r = RunCli({"fit", "--trace", dir, "--correct", "topk"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("UNIMPLEMENTED"));
-  r = Cli({"fit", "--trace", dir, "--a1", dir + "/q.npy"});
+  r = RunCli({"fit", "--trace", dir, "--a1", dir + "/q.npy"});
   EXPECT_EQ(r.exit_code, 2);
 }
 

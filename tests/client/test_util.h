@@ -44,6 +44,15 @@ ProcessResult RunProcess(const std::vector<std::string>& argv,
 // A fresh directory under $TEST_TMPDIR or /tmp.
 std::string MakeTempDir();
 
+#ifdef KVSKETCH_CLI_PATH
+// Runs the `kvsketch` CLI (its path is a compile definition of the test
+// targets that use it) with `args`.
+inline ProcessResult RunCli(std::vector<std::string> args) {
+  args.insert(args.begin(), KVSKETCH_CLI_PATH);
+  return RunProcess(args);
+}
+#endif
+
 }  // namespace kvsketch::testing
 
 #endif  // KVSKETCH_TESTS_CLIENT_TEST_UTIL_H_
