@@ -10,6 +10,12 @@
 // top of gRPC: validation, dispatch to the worker pool, attention over
 // <= 128 tokens and the response encoding.
 //
+// Two figures bound the ratio from below: BM_InProcessStep runs the same
+// step through SessionState::Step without gRPC (hot caches), and every
+// kvsketch row carries server_compute_us, the server's own
+// kvsketch_attend_compute_seconds per timed step (its caches as the serving
+// threads leave them).
+//
 // A second kvsketch server in the same process runs with
 // decode_inline_work_limit = 0 (every step on the worker pool, the server's
 // behaviour before the inline fast path): the "/inline:0" rows.
@@ -34,10 +40,14 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "benchmark/benchmark.h"
 #include "client/attention_client.h"
 #include "client/tensor_ref.h"
+#include "core/session_state.h"
 #include "core/status_macros.h"
 #include "grpcpp/grpcpp.h"
 #include "net_echo.grpc.pb.h"
@@ -131,6 +141,8 @@ class Rig {
   }
 
   client::AttentionClient& client() { return *client_; }
+  server::Server& server() { return *server_; }
+  server::Server& pool_server() { return *pool_server_; }
   // The client of the server with inline steps off (all on the pool).
   client::AttentionClient& pool_client() { return *pool_client_; }
   NetEcho::Stub& echo_stub() { return *echo_stub_; }
@@ -240,6 +252,28 @@ class Rig {
   uint64_t seed_ = 0;
 };
 
+// Sum and count of the server's kvsketch_attend_compute_seconds histogram
+// (every series): the time Session steps spend in SessionState::Step.
+struct ComputeTotals {
+  double seconds = 0;
+  double steps = 0;
+};
+ComputeTotals ScrapeCompute(const server::Server& server) {
+  ComputeTotals t;
+  const std::string text = server.ScrapeMetrics();
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    const bool sum =
+        absl::StartsWith(line, "kvsketch_attend_compute_seconds_sum");
+    const bool count =
+        absl::StartsWith(line, "kvsketch_attend_compute_seconds_count");
+    if (!sum && !count) continue;
+    double v = 0;
+    if (!absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) continue;
+    (sum ? t.seconds : t.steps) += v;
+  }
+  return t;
+}
+
 // state.range(0): 0 = the sync echo (the baseline of the ratio), 1 = the
 // callback-API echo (diagnostic).
 void BM_EchoRoundTrip(benchmark::State& state) {
@@ -278,16 +312,30 @@ void BM_KvsketchDecodeRoundTrip(benchmark::State& state) {
   const bool with_queries = state.range(0) != 0;
   client::AttentionClient* client =
       state.range(1) != 0 ? &rig.client() : &rig.pool_client();
+  const server::Server& server =
+      state.range(1) != 0 ? rig.server() : rig.pool_server();
   std::vector<v1::DecodeRequest> steps;
   std::string id = rig.NewSession(&steps, with_queries, client);
   auto stream = client->OpenDecodeStream(id);
   int64_t i = 0;
   int64_t failed_entries = 0;
+  // The server's own compute time of the timed steps (session set-up
+  // excluded): what a step's attention costs inside the server, with its
+  // caches as the serving threads leave them.
+  ComputeTotals compute;
+  ComputeTotals mark = ScrapeCompute(server);
+  auto add_since_mark = [&] {
+    const ComputeTotals now = ScrapeCompute(server);
+    compute.seconds += now.seconds - mark.seconds;
+    compute.steps += now.steps - mark.steps;
+  };
   for (auto _ : state) {
     if (i > 0 && i % kResetEvery == 0) {
       state.PauseTiming();
+      add_since_mark();
       KVSKETCH_CHECK(client->DeleteSession(id).ok());
       id = rig.NewSession(&steps, with_queries, client);
+      mark = ScrapeCompute(server);
       state.ResumeTiming();
     }
     v1::DecodeRequest& request = steps[i % kVariants];
@@ -304,9 +352,62 @@ void BM_KvsketchDecodeRoundTrip(benchmark::State& state) {
     failed_entries += response->results(0).code() != 0;
   }
   KVSKETCH_CHECK(stream->Finish().ok());
+  add_since_mark();
   KVSKETCH_CHECK(client->DeleteSession(id).ok());
   if (failed_entries > 0) state.SkipWithError("entries failed");
   state.counters["request_bytes"] = steps[0].ByteSizeLong();
+  if (compute.steps > 0) {
+    state.counters["server_compute_us"] = 1e6 * compute.seconds / compute.steps;
+  }
+}
+
+// The same step without gRPC: SessionState::Step (what the server's Decode
+// handler calls under the session lock) on an identical session, appending
+// one token to each of the 8 KV heads and attending its 8 query rows over
+// the same 64..127-token context. Its time is the attention compute every
+// round trip carries; against the echo it bounds the ratio from below: a
+// server that added nothing but this compute would be at
+// 1 + compute / echo.
+void BM_InProcessStep(benchmark::State& state) {
+  SessionConfig config;
+  config.num_layers = 1;
+  config.num_kv_heads = kKvHeads;
+  config.num_query_heads = kQueryHeads;
+  config.head_dim = kDim;
+  config.value_dim = kDim;
+  config.spec = "exact";
+  uint64_t seed = 1000;
+  const std::vector<float> k = Pseudorandom(++seed, kKvHeads * kContext * kDim);
+  const std::vector<float> v = Pseudorandom(++seed, kKvHeads * kContext * kDim);
+  std::vector<std::vector<float>> sk, sv, sq;
+  for (int i = 0; i < kVariants; ++i) {
+    sk.push_back(Pseudorandom(++seed, kKvHeads * kDim));
+    sv.push_back(Pseudorandom(++seed, kKvHeads * kDim));
+    sq.push_back(Pseudorandom(++seed, kQueryHeads * kDim));
+  }
+  std::vector<float> out(kQueryHeads * kDim);
+  std::unique_ptr<SessionState> session;
+  auto fresh = [&] {
+    auto created = SessionState::Create(config);
+    KVSKETCH_CHECK(created.ok());
+    session = *std::move(created);
+    KVSKETCH_CHECK(session->Append(0, kContext, k, v).ok());
+  };
+  fresh();
+  int64_t i = 0;
+  for (auto _ : state) {
+    if (i > 0 && i % kResetEvery == 0) {
+      state.PauseTiming();
+      fresh();
+      state.ResumeTiming();
+    }
+    const int variant = static_cast<int>(i++ % kVariants);
+    KVSKETCH_CHECK(session
+                       ->Step(0, 1, sk[variant], sv[variant], 1, sq[variant],
+                              absl::MakeSpan(out))
+                       .ok());
+    benchmark::DoNotOptimize(out.data());
+  }
 }
 
 BENCHMARK(BM_EchoRoundTrip)
@@ -323,6 +424,7 @@ BENCHMARK(BM_KvsketchDecodeRoundTrip)
     ->Args({0, 0})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_InProcessStep)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 // Keeps each benchmark's real time per iteration for the ratio.
 class RatioReporter : public benchmark::ConsoleReporter {
@@ -340,13 +442,15 @@ class RatioReporter : public benchmark::ConsoleReporter {
       const double per_iter =
           run.real_accumulated_time / static_cast<double>(run.iterations);
       const std::string name = run.run_name.str();
-      if (run.run_type == Run::RT_Aggregate) {
-        if (run.aggregate_name == "median") {
-          seconds_per_iter_[name] = per_iter;
-          have_median_[name] = true;
-        }
-      } else if (!have_median_[name]) {
-        seconds_per_iter_[name] = per_iter;
+      auto counter = run.counters.find("server_compute_us");
+      const bool take = run.run_type == Run::RT_Aggregate
+                            ? run.aggregate_name == "median"
+                            : !have_median_[name];
+      if (!take) continue;
+      if (run.run_type == Run::RT_Aggregate) have_median_[name] = true;
+      seconds_per_iter_[name] = per_iter;
+      if (counter != run.counters.end()) {
+        server_compute_us_[name] = counter->second.value;
       }
     }
     ConsoleReporter::ReportRuns(runs);
@@ -354,10 +458,15 @@ class RatioReporter : public benchmark::ConsoleReporter {
   const std::map<std::string, double>& results() const {
     return seconds_per_iter_;
   }
+  // The server_compute_us counter per benchmark (median when repeated).
+  const std::map<std::string, double>& server_compute_us() const {
+    return server_compute_us_;
+  }
 
  private:
   std::map<std::string, double> seconds_per_iter_;
   std::map<std::string, bool> have_median_;
+  std::map<std::string, double> server_compute_us_;
 };
 
 }  // namespace
@@ -381,6 +490,24 @@ int main(int argc, char** argv) {
         "echo %.1f us, kvsketch %.1f us per round trip: ratio kvsketch/echo "
         "= %.3f (target <= 1.3)\n",
         echo->second * 1e6, kv->second * 1e6, kv->second / echo->second);
+  }
+  auto compute = r.find("BM_InProcessStep/real_time");
+  if (echo != r.end() && compute != r.end() && echo->second > 0) {
+    std::printf(
+        "floor: the step's attention compute alone (in-process, no gRPC) "
+        "%.1f us = %.3f of the echo, so no server can do better than ratio "
+        "%.3f here\n",
+        compute->second * 1e6, compute->second / echo->second,
+        1 + compute->second / echo->second);
+  }
+  const auto& served = reporter.server_compute_us();
+  auto served_kv =
+      served.find("BM_KvsketchDecodeRoundTrip/queries:1/inline:1/real_time");
+  if (echo != r.end() && served_kv != served.end() && echo->second > 0) {
+    std::printf(
+        "inside the server the step's compute took %.1f us "
+        "(kvsketch_attend_compute_seconds) = %.3f of the echo\n",
+        served_kv->second, served_kv->second * 1e-6 / echo->second);
   }
   if (echo != r.end() && kv_pool != r.end() && echo->second > 0) {
     std::printf(
