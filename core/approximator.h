@@ -22,6 +22,7 @@
 #define KVSKETCH_CORE_APPROXIMATOR_H_
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -89,6 +90,15 @@ class Approximator {
   // Bytes of heap state this head holds now (keys, values, summaries,
   // indexes), as allocated: the figure the memory budget is charged.
   virtual int64_t MemoryBytes() const = 0;
+
+  // The largest |x| of a key or value this head stores without it becoming
+  // ±Inf (half-precision storage rounds larger floats to infinity, which
+  // would turn every later answer into NaN). Callers that accept untrusted
+  // input check it before Append/Prefill (SessionState does). Default: the
+  // largest finite float.
+  virtual float MaxStorableMagnitude() const {
+    return std::numeric_limits<float>::max();
+  }
 
   // Appends n tokens. REQUIRES: keys is n×d, values is n×dv (checked:
   // InvalidArgument otherwise, and nothing is appended).

@@ -2,6 +2,8 @@
 #include "core/session_state.h"
 
 #include <cmath>
+#include <limits>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/registry.h"
@@ -273,6 +275,24 @@ absl::Status SessionState::Step(int layer, int64_t num_new_tokens,
   if (t == 0 && m > 0 && have == 0) {
     return absl::FailedPreconditionError(
         absl::StrCat(op, ": layer ", layer, " has no tokens to attend to"));
+  }
+  // Half-precision storage turns a larger float into ±Inf, and an Inf key or
+  // value makes every later answer of the head NaN: refuse it here, before
+  // any head changes. O(T·(d + dv)) per KV head, only for such layers.
+  const float limit = heads_[static_cast<size_t>(layer) * c.num_kv_heads]
+                          ->MaxStorableMagnitude();
+  if (t > 0 && limit < std::numeric_limits<float>::max()) {
+    for (const auto& [name, data] :
+         {std::pair{"keys", keys}, std::pair{"values", values}}) {
+      for (size_t i = 0; i < data.size(); ++i) {
+        if (std::fabs(data[i]) > limit) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(op, ": ", name, "[", i, "] = ", data[i], " exceeds ",
+                           limit, ", the largest magnitude layer ", layer,
+                           "'s storage (", layer_specs_[layer], ") can hold"));
+        }
+      }
+    }
   }
   // Everything is validated: from here on no head can fail on its inputs.
   const int g = group_size();

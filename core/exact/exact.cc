@@ -2,6 +2,7 @@
 #include "core/exact/exact.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "core/exact/exact_prefill.h"
@@ -110,6 +111,18 @@ void ExactApproximator::StoreRows(Chunk& chunk, const float* keys,
       break;
   }
   chunk.size += count;
+}
+
+float ExactApproximator::MaxStorableMagnitude() const {
+  switch (store_) {
+    case StoreType::kF16:
+      return 65504.0f;  // largest finite IEEE half
+    case StoreType::kBf16:
+      return Bf16ToFloat(0x7F7F);  // largest finite bfloat16
+    case StoreType::kF32:
+      break;
+  }
+  return std::numeric_limits<float>::max();
 }
 
 absl::Status ExactApproximator::Append(ConstMatrixView keys,

@@ -60,6 +60,8 @@ class ExactApproximator : public Approximator {
   absl::Status LoadState(ByteReader& reader) override;
 
   StoreType store() const { return store_; }
+  // 65504 for f16, the largest finite bf16 (~3.3895e38) for bf16.
+  float MaxStorableMagnitude() const override;
 
  private:
   // One run of tokens. Exactly one of the float / uint16 pairs is allocated,

@@ -62,6 +62,9 @@ class CorrectedApproximator : public Approximator {
   absl::Status Attend(ConstMatrixView queries, MatrixView out) override;
   absl::Status Prefill(ConstMatrixView queries, int group, ConstMatrixView keys,
                        ConstMatrixView values, MatrixView out) override;
+  float MaxStorableMagnitude() const override {
+    return base_->MaxStorableMagnitude();
+  }
   SelfMeasurements Measurements() const override {
     return base_->Measurements();
   }

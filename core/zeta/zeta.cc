@@ -505,7 +505,6 @@ absl::Status ZetaApproximator::Prefill(ConstMatrixView queries, int group,
                                        ConstMatrixView keys,
                                        ConstMatrixView values, MatrixView out) {
   KVSKETCH_RETURN_IF_ERROR(CheckPrefillArgs(queries, group, keys, values, out));
-  const int d = shape().head_dim, dv = shape().value_dim;
   const int64_t t_new = keys.rows;
   KVSKETCH_RETURN_IF_ERROR(CheckFiniteKeys("prefill", keys));
   // Chunk-aligned segments: after a segment is appended the index holds

@@ -295,6 +295,67 @@ TEST(SessionStateTest, RejectedCallsChangeNothing) {
             absl::StatusCode::kResourceExhausted);
 }
 
+// Half-precision storage turns a float above its range into Inf (and every
+// later answer into NaN): such keys or values are refused before any head
+// changes, naming the element; f32 storage takes them.
+TEST(SessionStateTest, ValuesBeyondTheStorageRangeAreRefused) {
+  const int kv = 2, qh = 8, d = 16, dv = 12;
+  const auto k = RandomNormal(41, kv * 2 * d),
+             v = RandomNormal(42, kv * 2 * dv);
+  const auto q = RandomNormal(43, qh * 2 * d);
+  struct Case {
+    const char* spec;
+    float big;  // just past the store's largest finite value
+    const char* limit;
+  };
+  for (const Case& c : {Case{"exact:store=f16", 65520.0f, "65504"},
+                        Case{"exact:store=bf16", 3.4e38f, "3.38953e+38"}}) {
+    SCOPED_TRACE(c.spec);
+    SessionConfig cfg = GqaConfig();
+    cfg.spec = c.spec;
+    auto a = SessionState::Create(cfg);
+    auto b = SessionState::Create(cfg);
+    ASSERT_TRUE(a.ok() && b.ok());
+    for (auto* st : {a->get(), b->get()}) {
+      ASSERT_TRUE(st->Append(0, 2, k, v).ok());
+    }
+    auto bad_k = k;
+    bad_k[kv * 2 * d - 1] = -c.big;  // the last element of the last head
+    auto bad_v = v;
+    bad_v[5] = c.big;
+    std::vector<float> out(qh * 2 * dv);
+    const absl::Status sk =
+        (*a)->Step(0, 2, bad_k, v, 2, q, absl::MakeSpan(out));
+    EXPECT_EQ(sk.code(), absl::StatusCode::kInvalidArgument) << sk;
+    EXPECT_THAT(sk.message(), HasSubstr("keys[63]"));
+    EXPECT_THAT(sk.message(), HasSubstr(c.limit));
+    EXPECT_THAT(sk.message(), HasSubstr(c.spec));
+    const absl::Status sv = (*a)->Append(0, 2, k, bad_v);
+    EXPECT_EQ(sv.code(), absl::StatusCode::kInvalidArgument) << sv;
+    EXPECT_THAT(sv.message(), HasSubstr("values[5]"));
+    // Nothing changed: the same good step answers bit-identically and
+    // finitely on both sessions.
+    EXPECT_EQ((*a)->tokens_per_layer(), (*b)->tokens_per_layer());
+    std::vector<float> oa(qh * 2 * dv), ob(qh * 2 * dv);
+    ASSERT_TRUE((*a)->Step(0, 2, k, v, 2, q, absl::MakeSpan(oa)).ok());
+    ASSERT_TRUE((*b)->Step(0, 2, k, v, 2, q, absl::MakeSpan(ob)).ok());
+    EXPECT_EQ(oa, ob);
+    for (float x : oa) ASSERT_TRUE(std::isfinite(x));
+    // The largest finite value itself is accepted.
+    auto edge = k;
+    edge[0] =
+        c.spec == std::string("exact:store=f16") ? 65504.0f : 3.38953139e38f;
+    EXPECT_TRUE((*a)->Append(0, 2, edge, v).ok());
+  }
+  // f32 storage holds any finite float.
+  SessionConfig cfg = GqaConfig();
+  auto f32 = SessionState::Create(cfg);
+  ASSERT_TRUE(f32.ok());
+  auto big = k;
+  big[0] = 1e6f;
+  EXPECT_TRUE((*f32)->Append(0, 2, big, v).ok());
+}
+
 TEST(SessionStateTest, QueriesOnlyAndTokensOnlySteps) {
   auto s = SessionState::Create(GqaConfig());
   ASSERT_TRUE(s.ok());

@@ -492,6 +492,51 @@ INSTANTIATE_TEST_SUITE_P(Table, BadInputTest, ::testing::ValuesIn(Cases()),
                            return param_info.param.name;
                          });
 
+// A finite value that half-precision storage cannot hold (it would be stored
+// as Inf and make every later answer NaN) is refused in a Decode entry and in
+// an Attend, naming the element and the limit; the session is unchanged.
+TEST_F(BadInputTest, ValueBeyondHalfStorageRangeIsRefused) {
+  v1::SessionConfig config = MakeConfig(1, Hkv, Hq, d, dv);
+  config.set_spec("exact:store=f16");
+  grpc::ClientContext del_ctx;
+  v1::DeleteSessionRequest del;
+  del.set_session_id("half");
+  v1::DeleteSessionResponse del_resp;
+  (void)stub().DeleteSession(&del_ctx, del, &del_resp);
+  ASSERT_TRUE(CreateSession(stub(), "half", config).ok());
+  ASSERT_TRUE(AppendTokens(stub(), "half", 0, Hkv, T0, d, dv,
+                           RandomFloats(Hkv * T0 * d, 71),
+                           RandomFloats(Hkv * T0 * dv, 72))
+                  .ok());
+  auto v = RandomFloats(Hkv * dv, 73);
+  v[9] = 1e5f;
+  v1::DecodeEntry entry;
+  entry.set_session_id("half");
+  *entry.mutable_keys() = Keys(1, 74);
+  *entry.mutable_values() = MakeTensor({Hkv, 1, dv}, v);
+  *entry.mutable_queries() = Queries(1, 75);
+  grpc::Status s = DecodeOne(stub(), entry);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << StatusText(s);
+  EXPECT_THAT(s.error_message(), HasSubstr("values[9]"));
+  EXPECT_THAT(s.error_message(), HasSubstr("65504"));
+  v1::AttendRequest r = AttendReq();
+  r.set_session_id("half");
+  *r.mutable_values() = MakeTensor({Hkv, 1, dv}, v);
+  s = Attend(stub(), r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << StatusText(s);
+  v1::SessionInfo info;
+  ASSERT_TRUE(GetSession(stub(), "half", &info).ok());
+  EXPECT_THAT(info.tokens_per_layer(), ::testing::ElementsAre(T0));
+  // The session still answers, finitely.
+  std::vector<float> out;
+  ASSERT_TRUE(
+      AttendQueries(stub(), "half", 0, Hq, 1, d, RandomFloats(Hq * d, 76), &out)
+          .ok());
+  for (float x : out) EXPECT_TRUE(std::isfinite(x));
+}
+
 // Append applies the messages before the first bad one (proto contract).
 TEST_F(BadInputTest, AppendStreamStopsAtFirstBadMessage) {
   v1::AppendRequest good;
