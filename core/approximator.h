@@ -96,6 +96,16 @@ class Approximator {
   // would turn every later answer into NaN). Callers that accept untrusted
   // input check it before Append/Prefill (SessionState does). Default: the
   // largest finite float.
+  // An upper bound on how much MemoryBytes() grows when n more tokens are
+  // appended (what a memory budget must reserve before the append). The
+  // default, n·(d + dv) f32 values, is exact for a store that grows by
+  // exactly the new rows; kinds that allocate in chunks (exact) or hold a
+  // fixed-size state override it.
+  virtual int64_t AppendGrowthBytes(int64_t n) const {
+    return n * (int64_t{shape_.head_dim} + shape_.value_dim) *
+           static_cast<int64_t>(sizeof(float));
+  }
+
   virtual float MaxStorableMagnitude() const {
     return std::numeric_limits<float>::max();
   }

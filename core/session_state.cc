@@ -161,6 +161,16 @@ int64_t SessionState::LayerMemoryBytes(int layer) const {
   return total;
 }
 
+int64_t SessionState::LayerAppendGrowthBytes(int layer, int64_t n) const {
+  KVSKETCH_CHECK(layer >= 0 && layer < config_.num_layers && n >= 0);
+  int64_t total = 0;
+  for (int h = 0; h < config_.num_kv_heads; ++h) {
+    total += heads_[static_cast<size_t>(layer) * config_.num_kv_heads + h]
+                 ->AppendGrowthBytes(n);
+  }
+  return total;
+}
+
 SelfMeasurements SessionState::LayerMeasurements(int layer) const {
   KVSKETCH_CHECK(layer >= 0 && layer < config_.num_layers);
   SelfMeasurements total;

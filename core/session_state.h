@@ -83,6 +83,10 @@ class SessionState {
   // REQUIRES: 0 <= layer < num_layers.
   SelfMeasurements LayerMeasurements(int layer) const;
   int64_t LayerMemoryBytes(int layer) const;
+  // Upper bound on the growth of LayerMemoryBytes(layer) when n tokens are
+  // appended to it (Approximator::AppendGrowthBytes summed over the layer's
+  // KV heads). REQUIRES: layer in range, n >= 0.
+  int64_t LayerAppendGrowthBytes(int layer, int64_t n) const;
 
   // Appends T tokens to one layer. The spans hold exactly
   // num_kv_heads*T*head_dim and num_kv_heads*T*value_dim floats.

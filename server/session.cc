@@ -151,10 +151,16 @@ void Session::ReportMeasurements(int layer) {
   }
 }
 
-int64_t Session::GrowthEstimate(int64_t num_new_tokens, int layers) const {
-  return num_new_tokens * layers * config_.num_kv_heads *
-         (int64_t{config_.head_dim} + config_.value_dim) *
-         static_cast<int64_t>(sizeof(float));
+int64_t Session::GrowthEstimate(int layer, int64_t num_new_tokens) const {
+  if (num_new_tokens < 1 || num_new_tokens > (int64_t{1} << 32)) return 0;
+  if (layer < -1 || layer >= config_.num_layers) return 0;
+  int64_t total = 0;
+  for (int l = 0; l < config_.num_layers; ++l) {
+    if (layer == -1 || l == layer) {
+      total += state_->LayerAppendGrowthBytes(l, num_new_tokens);
+    }
+  }
+  return total;
 }
 
 absl::Status Session::Step(int layer, int64_t num_new_tokens,
@@ -236,7 +242,7 @@ absl::Status Session::StepLocked(int layer, int64_t num_new_tokens,
                        state_->layer_spec(layer)));
     }
   }
-  const int64_t estimate = GrowthEstimate(num_new_tokens, 1);
+  const int64_t estimate = GrowthEstimate(layer, num_new_tokens);
   if (estimate > 0) {
     KVSKETCH_RETURN_IF_ERROR(budget_->TryReserve(estimate, "append"));
   }
@@ -323,7 +329,7 @@ absl::Status Session::AppendAllLayersLocked(int64_t num_new_tokens,
       }
     }
   }
-  const int64_t estimate = GrowthEstimate(num_new_tokens, layers);
+  const int64_t estimate = GrowthEstimate(-1, num_new_tokens);
   KVSKETCH_RETURN_IF_ERROR(budget_->TryReserve(estimate, "append"));
   absl::Status status;
   int applied = 0;

@@ -144,11 +144,14 @@ class Session {
   // *log_status if given.
   bool Close(bool delete_log = false, absl::Status* log_status = nullptr);
 
-  // Conservative bytes an append of T tokens to `layers` layers may add:
-  // f32 keys and values for every KV head.
-  int64_t GrowthEstimate(int64_t num_new_tokens, int layers) const;
-
  private:
+  // Bytes an append of T tokens to `layer` (-1: every layer) may add to the
+  // state, as the approximators allocate them (whole chunks for exact), so
+  // the budget reservation covers the real growth. 0 for a layer out of
+  // range or T outside [1, 2^32] (the state refuses those).
+  int64_t GrowthEstimate(int layer, int64_t num_new_tokens) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
   absl::Status CheckOpen() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Poisons the session with a log error (first one wins) and returns the
   // poison status.

@@ -113,6 +113,28 @@ void ExactApproximator::StoreRows(Chunk& chunk, const float* keys,
   chunk.size += count;
 }
 
+int64_t ExactApproximator::AppendGrowthBytes(int64_t n) const {
+  // Append's allocation loop: chunks double the capacity until they reach
+  // kMaxChunkTokens, then stay at that size (closed form past it).
+  const int64_t need = num_tokens_ + n;
+  int64_t cap = capacity_;
+  int64_t chunks = 0;
+  while (cap < need && cap < kMaxChunkTokens) {
+    cap += NextChunkCapacity(cap);
+    ++chunks;
+  }
+  if (cap < need) {
+    const int64_t more = (need - cap + kMaxChunkTokens - 1) / kMaxChunkTokens;
+    cap += more * kMaxChunkTokens;
+    chunks += more;
+  }
+  const int64_t row_bytes =
+      static_cast<int64_t>(shape().head_dim + shape().value_dim) *
+      StoreElementBytes(store_);
+  return (cap - capacity_) * row_bytes +
+         chunks * static_cast<int64_t>(sizeof(Chunk));
+}
+
 float ExactApproximator::MaxStorableMagnitude() const {
   switch (store_) {
     case StoreType::kF16:

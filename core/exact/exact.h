@@ -62,6 +62,9 @@ class ExactApproximator : public Approximator {
   StoreType store() const { return store_; }
   // 65504 for f16, the largest finite bf16 (~3.3895e38) for bf16.
   float MaxStorableMagnitude() const override;
+  // The chunks an append of n tokens would allocate, exactly (n·(d + dv)
+  // elements rounded up to whole chunks; 0 while the last chunk has room).
+  int64_t AppendGrowthBytes(int64_t n) const override;
 
  private:
   // One run of tokens. Exactly one of the float / uint16 pairs is allocated,

@@ -62,6 +62,9 @@ class CorrectedApproximator : public Approximator {
   absl::Status Attend(ConstMatrixView queries, MatrixView out) override;
   absl::Status Prefill(ConstMatrixView queries, int group, ConstMatrixView keys,
                        ConstMatrixView values, MatrixView out) override;
+  int64_t AppendGrowthBytes(int64_t n) const override {
+    return base_->AppendGrowthBytes(n);
+  }
   float MaxStorableMagnitude() const override {
     return base_->MaxStorableMagnitude();
   }

@@ -87,6 +87,45 @@ TEST(LimitsTest, MemoryBudgetRefusesAppendAndKeepsState) {
   ASSERT_TRUE(t.server->Shutdown(absl::Seconds(5)).ok());
 }
 
+// The budget reserves what an append really allocates: the exact cache grows
+// by whole chunks (16, 16, 32, 64, 128, ... tokens), so one token can need a
+// chunk far larger than its own bytes. Appending one token at a time, the
+// state never exceeds the budget, and the append that needs a chunk that
+// does not fit is refused with the session unchanged.
+TEST(LimitsTest, ChunkedGrowthStaysWithinTheBudget) {
+  ServerOptions o = TestOptions();
+  o.memory_budget_bytes = 100 << 10;  // 100 KiB
+  TestServer t = StartServer(o);
+  const int Hkv = 2, d = 32, dv = 32;  // 512 B per token of f32 K+V
+  ASSERT_TRUE(CreateSession(*t.stub, "s", MakeConfig(1, Hkv, Hkv, d, dv)).ok());
+  int64_t accepted = 0;
+  grpc::Status refused;
+  v1::SessionInfo info;
+  for (int i = 0; i < 400 && refused.ok(); ++i) {
+    grpc::Status s = AppendTokens(*t.stub, "s", 0, Hkv, 1, d, dv,
+                                  RandomFloats(Hkv * d, 10 + i),
+                                  RandomFloats(Hkv * dv, 1000 + i));
+    if (!s.ok()) {
+      refused = s;
+      break;
+    }
+    ++accepted;
+    ASSERT_TRUE(GetSession(*t.stub, "s", &info).ok());
+    ASSERT_LE(info.state_bytes(), o.memory_budget_bytes)
+        << "after " << accepted << " tokens";
+  }
+  // 128 tokens fill chunks 16+16+32+64 = 128 rows (64 KiB); the 129th
+  // needs a 128-token chunk (64 KiB more), over 100 KiB.
+  EXPECT_EQ(accepted, 128);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << StatusText(refused);
+  EXPECT_THAT(refused.error_message(), HasSubstr("memory budget"));
+  ASSERT_TRUE(GetSession(*t.stub, "s", &info).ok());
+  EXPECT_THAT(info.tokens_per_layer(), ::testing::ElementsAre(128));
+  EXPECT_LE(info.state_bytes(), o.memory_budget_bytes);
+  ASSERT_TRUE(t.server->Shutdown(absl::Seconds(5)).ok());
+}
+
 // A session whose state before any token would not fit the free budget is
 // refused while its heads are built, before it can exhaust memory: the
 // largest config (1024 layers x 1024 KV heads) with a summary allocated up
