@@ -161,6 +161,30 @@ int64_t SessionState::LayerMemoryBytes(int layer) const {
   return total;
 }
 
+absl::Status SessionState::CheckStorable(absl::string_view op, int layer,
+                                         absl::Span<const float> keys,
+                                         absl::Span<const float> values) const {
+  KVSKETCH_CHECK(layer >= 0 && layer < config_.num_layers);
+  // Half-precision storage turns a larger float into ±Inf, and an Inf key or
+  // value makes every later answer of the head NaN. O(size), only for such
+  // layers.
+  const float limit = heads_[static_cast<size_t>(layer) * config_.num_kv_heads]
+                          ->MaxStorableMagnitude();
+  if (!(limit < std::numeric_limits<float>::max())) return absl::OkStatus();
+  for (const auto& [name, data] :
+       {std::pair{"keys", keys}, std::pair{"values", values}}) {
+    for (size_t i = 0; i < data.size(); ++i) {
+      if (std::fabs(data[i]) > limit) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(op, ": ", name, "[", i, "] = ", data[i], " exceeds ",
+                         limit, ", the largest magnitude layer ", layer,
+                         "'s storage (", layer_specs_[layer], ") can hold"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 int64_t SessionState::LayerAppendGrowthBytes(int layer, int64_t n) const {
   KVSKETCH_CHECK(layer >= 0 && layer < config_.num_layers && n >= 0);
   int64_t total = 0;
@@ -286,24 +310,7 @@ absl::Status SessionState::Step(int layer, int64_t num_new_tokens,
     return absl::FailedPreconditionError(
         absl::StrCat(op, ": layer ", layer, " has no tokens to attend to"));
   }
-  // Half-precision storage turns a larger float into ±Inf, and an Inf key or
-  // value makes every later answer of the head NaN: refuse it here, before
-  // any head changes. O(T·(d + dv)) per KV head, only for such layers.
-  const float limit = heads_[static_cast<size_t>(layer) * c.num_kv_heads]
-                          ->MaxStorableMagnitude();
-  if (t > 0 && limit < std::numeric_limits<float>::max()) {
-    for (const auto& [name, data] :
-         {std::pair{"keys", keys}, std::pair{"values", values}}) {
-      for (size_t i = 0; i < data.size(); ++i) {
-        if (std::fabs(data[i]) > limit) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(op, ": ", name, "[", i, "] = ", data[i], " exceeds ",
-                           limit, ", the largest magnitude layer ", layer,
-                           "'s storage (", layer_specs_[layer], ") can hold"));
-        }
-      }
-    }
-  }
+  if (t > 0) KVSKETCH_RETURN_IF_ERROR(CheckStorable(op, layer, keys, values));
   // Everything is validated: from here on no head can fail on its inputs.
   const int g = group_size();
   for (int h = 0; h < c.num_kv_heads; ++h) {

@@ -31,6 +31,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "core/approximator.h"
 #include "core/io/byte_io.h"
@@ -83,6 +84,15 @@ class SessionState {
   // REQUIRES: 0 <= layer < num_layers.
   SelfMeasurements LayerMeasurements(int layer) const;
   int64_t LayerMemoryBytes(int layer) const;
+  // InvalidArgument (naming `op`, the element and the limit) if a key or
+  // value is beyond what the layer's storage can hold as a finite number
+  // (Approximator::MaxStorableMagnitude: 65504 for exact:store=f16). Step
+  // and Append check it before changing anything; a caller applying one
+  // append to several layers checks every layer first.
+  // REQUIRES: layer in range.
+  absl::Status CheckStorable(absl::string_view op, int layer,
+                             absl::Span<const float> keys,
+                             absl::Span<const float> values) const;
   // Upper bound on the growth of LayerMemoryBytes(layer) when n tokens are
   // appended to it (Approximator::AppendGrowthBytes summed over the layer's
   // KV heads). REQUIRES: layer in range, n >= 0.

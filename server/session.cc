@@ -317,8 +317,15 @@ absl::Status Session::AppendAllLayersLocked(int64_t num_new_tokens,
     return absl::InvalidArgumentError(
         "keys/values: size does not match num_layers x num_kv_heads x T x dim");
   }
-  // All-or-nothing: the only per-layer failure SessionState::Append can
-  // still report after the service's shape checks is the token limit.
+  // All-or-nothing: the only per-layer failures SessionState::Append can
+  // still report after the service's shape checks are the token limit and a
+  // value beyond a layer's storage range; both are checked for every layer
+  // before any layer changes.
+  for (int layer = 0; layer < layers; ++layer) {
+    KVSKETCH_RETURN_IF_ERROR(state_->CheckStorable(
+        "append", layer, keys.subspan(key_block * layer, key_block),
+        values.subspan(value_block * layer, value_block)));
+  }
   if (config_.max_tokens > 0) {
     for (int layer = 0; layer < layers; ++layer) {
       if (state_->num_tokens(layer) + num_new_tokens > config_.max_tokens) {

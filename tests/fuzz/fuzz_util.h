@@ -69,7 +69,8 @@ SessionConfig ConfigFromProto(const v1::SessionConfig& c);
 
 // Status codes a validated operation may still end with: the state's own
 // refusals (no tokens yet, token or memory limit, diagnostics the kind
-// lacks, diagnostics with more than one new token). Anything else means
+// lacks, diagnostics with more than one new token, a key or value beyond
+// the layer's storage range). Anything else means
 // validation let through something the state then rejected.
 bool IsAllowedAfterValidation(const absl::Status& s, bool want_diagnostics,
                               int64_t num_new_tokens);

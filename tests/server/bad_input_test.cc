@@ -537,6 +537,41 @@ TEST_F(BadInputTest, ValueBeyondHalfStorageRangeIsRefused) {
   for (float x : out) EXPECT_TRUE(std::isfinite(x));
 }
 
+// An all_layers append is all-or-nothing: a value beyond layer 1's f16
+// range refuses the whole message before layer 0 (f32) changes.
+TEST_F(BadInputTest, AllLayersAppendBeyondOneLayersStorageChangesNothing) {
+  v1::SessionConfig config = MakeConfig(2, Hkv, Hq, d, dv);
+  (*config.mutable_layer_specs())[1] = "exact:store=f16";
+  grpc::ClientContext del_ctx;
+  v1::DeleteSessionRequest del;
+  del.set_session_id("mixed");
+  v1::DeleteSessionResponse del_resp;
+  (void)stub().DeleteSession(&del_ctx, del, &del_resp);
+  ASSERT_TRUE(CreateSession(stub(), "mixed", config).ok());
+  auto k = RandomFloats(2 * Hkv * d, 81);
+  auto v = RandomFloats(2 * Hkv * dv, 82);
+  v[Hkv * dv + 3] = 7e4f;  // layer 1, within f32 but not f16
+  v1::AppendRequest req;
+  req.set_session_id("mixed");
+  req.set_all_layers(true);
+  *req.mutable_keys() = MakeTensor({2, Hkv, 1, d}, k);
+  *req.mutable_values() = MakeTensor({2, Hkv, 1, dv}, v);
+  grpc::Status s = Append(stub(), {req});
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << StatusText(s);
+  EXPECT_THAT(s.error_message(), HasSubstr("65504"));
+  v1::SessionInfo info;
+  ASSERT_TRUE(GetSession(stub(), "mixed", &info).ok());
+  EXPECT_THAT(info.tokens_per_layer(), ::testing::ElementsAre(0, 0));
+  // The same message within range goes to both layers.
+  v[Hkv * dv + 3] = 7.0f;
+  *req.mutable_values() = MakeTensor({2, Hkv, 1, dv}, v);
+  s = Append(stub(), {req});
+  ASSERT_TRUE(s.ok()) << StatusText(s);
+  ASSERT_TRUE(GetSession(stub(), "mixed", &info).ok());
+  EXPECT_THAT(info.tokens_per_layer(), ::testing::ElementsAre(1, 1));
+}
+
 // Append applies the messages before the first bad one (proto contract).
 TEST_F(BadInputTest, AppendStreamStopsAtFirstBadMessage) {
   v1::AppendRequest good;
