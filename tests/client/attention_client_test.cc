@@ -12,6 +12,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
+#include "tests/client/test_server.h"
 #include "tests/client/test_util.h"
 #include "tests/core/testing/reference_attention.h"
 
@@ -37,15 +38,10 @@ constexpr double kTol = 2e-5;
 class AttentionClientTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server::ServerOptions options;
-    options.listen_address = "127.0.0.1:0";
-    options.metrics_address = "";
-    options.worker_threads = 2;
-    auto server = server::Server::Start(options);
+    auto server = testing::StartTestServer();
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    client_ = AttentionClient::Connect(
-        absl::StrCat("127.0.0.1:", server_->grpc_port()));
+    client_ = AttentionClient::Connect(testing::LoopbackAddress(*server_));
   }
   void TearDown() override {
     if (server_ != nullptr) server_->Shutdown(absl::Seconds(5)).IgnoreError();
@@ -257,8 +253,8 @@ TEST_F(AttentionClientTest, StreamDeadlineEndsAnIdleStream) {
   // deadline set from ClientOptions::stream_timeout expires.
   ClientOptions options;
   options.stream_timeout = absl::Milliseconds(300);
-  auto hurried = AttentionClient::Connect(
-      absl::StrCat("127.0.0.1:", server_->grpc_port()), options);
+  auto hurried =
+      AttentionClient::Connect(testing::LoopbackAddress(*server_), options);
   const std::string id = NewSession();
   auto stream = hurried->OpenDecodeStream(id);
   const absl::Time start = absl::Now();

@@ -14,6 +14,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
+#include "tests/client/test_server.h"
 #include "tests/client/test_util.h"
 #include "tests/core/testing/reference_attention.h"
 
@@ -29,15 +30,10 @@ constexpr int kKv = 2, kQ = 4, kDim = 16, kN = 50;
 class DiagnosticsClientTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server::ServerOptions options;
-    options.listen_address = "127.0.0.1:0";
-    options.metrics_address = "";
-    options.worker_threads = 2;
-    auto server = server::Server::Start(options);
+    auto server = testing::StartTestServer();
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    client_ = AttentionClient::Connect(
-        absl::StrCat("127.0.0.1:", server_->grpc_port()));
+    client_ = AttentionClient::Connect(testing::LoopbackAddress(*server_));
   }
   void TearDown() override {
     if (server_ != nullptr) server_->Shutdown(absl::Seconds(5)).IgnoreError();

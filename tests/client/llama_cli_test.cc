@@ -21,6 +21,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
+#include "tests/client/test_server.h"
 #include "tests/client/test_util.h"
 #include "tests/core/testing/reference_attention.h"
 
@@ -93,14 +94,10 @@ class LlamaCliTest : public ::testing::Test {
     }
     if (stories_path_.empty()) stories_path_ = "../shared/data/stories260K.bin";
     ::unsetenv("KVSKETCH_MODEL");
-    server::ServerOptions options;
-    options.listen_address = "127.0.0.1:0";
-    options.metrics_address = "";
-    options.worker_threads = 2;
-    auto server = server::Server::Start(options);
+    auto server = testing::StartTestServer();
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = server->release();
-    address_ = absl::StrCat("127.0.0.1:", server_->grpc_port());
+    address_ = testing::LoopbackAddress(*server_);
   }
   static void TearDownTestSuite() {
     if (server_ != nullptr) server_->Shutdown(absl::Seconds(5)).IgnoreError();

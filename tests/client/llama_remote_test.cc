@@ -20,6 +20,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
+#include "tests/client/test_server.h"
 #include "tests/client/test_util.h"
 #include "tests/core/testing/reference_attention.h"
 
@@ -71,11 +72,7 @@ LlamaCheckpoint RandomCheckpoint() {
 class LlamaRemoteTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    server::ServerOptions options;
-    options.listen_address = "127.0.0.1:0";
-    options.metrics_address = "";
-    options.worker_threads = 2;
-    auto server = server::Server::Start(options);
+    auto server = testing::StartTestServer();
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = server->release();
   }
@@ -85,8 +82,8 @@ class LlamaRemoteTest : public ::testing::Test {
     server_ = nullptr;
   }
   void SetUp() override {
-    client_ = client::AttentionClient::Connect(
-        absl::StrCat("127.0.0.1:", server_->grpc_port()));
+    client_ =
+        client::AttentionClient::Connect(testing::LoopbackAddress(*server_));
   }
   // Every test must leave the server without sessions.
   void TearDown() override {

@@ -10,6 +10,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
+#include "tests/client/test_server.h"
 #include "tests/client/test_util.h"
 
 namespace kvsketch::client {
@@ -22,14 +23,10 @@ using ::testing::HasSubstr;
 class LoadgenTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server::ServerOptions options;
-    options.listen_address = "127.0.0.1:0";
-    options.metrics_address = "";
-    options.worker_threads = 2;
-    auto server = server::Server::Start(options);
+    auto server = testing::StartTestServer();
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    address_ = absl::StrCat("127.0.0.1:", server_->grpc_port());
+    address_ = testing::LoopbackAddress(*server_);
   }
   void TearDown() override {
     if (server_ != nullptr) server_->Shutdown(absl::Seconds(5)).IgnoreError();
@@ -118,16 +115,12 @@ TEST_F(LoadgenTest, OpenLoopBatchedStreamsKeepSessions) {
 // each stream can fail at most once; with it the streams come back, so the
 // count exceeds the stream count and steps still get answered.
 TEST_F(LoadgenTest, ReopenStreamsKeepsLoadOnASheddingServer) {
-  server::ServerOptions options;
-  options.listen_address = "127.0.0.1:0";
-  options.metrics_address = "";
-  options.worker_threads = 1;
+  server::ServerOptions options = testing::TestServerOptions(1);
   options.max_queued_tasks = 1;
   options.decode_inline_work_limit = 0;
   auto shedding = server::Server::Start(options);
   ASSERT_TRUE(shedding.ok()) << shedding.status();
-  const std::string address =
-      absl::StrCat("127.0.0.1:", (*shedding)->grpc_port());
+  const std::string address = testing::LoopbackAddress(**shedding);
   auto run = [&](bool reopen) {
     std::vector<std::string> args = {KVSKETCH_LOADGEN_PATH,
                                      "--sessions=16",

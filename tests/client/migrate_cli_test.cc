@@ -12,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
+#include "tests/client/test_server.h"
 #include "tests/client/test_util.h"
 #include "tests/core/testing/reference_attention.h"
 
@@ -31,17 +32,9 @@ constexpr int kDim = 16;
 constexpr int64_t kTokens = 48;
 
 std::unique_ptr<server::Server> StartServer() {
-  server::ServerOptions options;
-  options.listen_address = "127.0.0.1:0";
-  options.metrics_address = "";
-  options.worker_threads = 1;
-  auto server = server::Server::Start(options);
+  auto server = testing::StartTestServer(1);
   EXPECT_TRUE(server.ok()) << server.status();
   return server.ok() ? *std::move(server) : nullptr;
-}
-
-std::string Address(const server::Server& s) {
-  return absl::StrCat("127.0.0.1:", s.grpc_port());
 }
 
 class MigrateCliTest : public ::testing::Test {
@@ -51,8 +44,8 @@ class MigrateCliTest : public ::testing::Test {
     b_ = StartServer();
     ASSERT_NE(a_, nullptr);
     ASSERT_NE(b_, nullptr);
-    client_a_ = AttentionClient::Connect(Address(*a_));
-    client_b_ = AttentionClient::Connect(Address(*b_));
+    client_a_ = AttentionClient::Connect(testing::LoopbackAddress(*a_));
+    client_b_ = AttentionClient::Connect(testing::LoopbackAddress(*b_));
   }
   void TearDown() override {
     for (auto* s : {&a_, &b_}) {
@@ -65,8 +58,8 @@ class MigrateCliTest : public ::testing::Test {
     return RunProcess(args);
   }
   ProcessResult MigrateAtoB(const std::string& id) {
-    return Migrate(
-        {"--session", id, "--from", Address(*a_), "--to", Address(*b_)});
+    return Migrate({"--session", id, "--from", testing::LoopbackAddress(*a_),
+                    "--to", testing::LoopbackAddress(*b_)});
   }
 
   // A session on `client` with kTokens random tokens in every layer (the
@@ -166,9 +159,9 @@ TEST_F(MigrateCliTest, MovedSessionAnswersBitIdenticallyAndLeavesSource) {
 
 TEST_F(MigrateCliTest, RenameAndKeepSource) {
   MakeSession(client_a_.get(), "orig", "exact", 1);
-  ProcessResult copy =
-      Migrate({"--session", "orig", "--from", Address(*a_), "--to",
-               Address(*b_), "--id", "copy", "--keep-source"});
+  ProcessResult copy = Migrate(
+      {"--session", "orig", "--from", testing::LoopbackAddress(*a_), "--to",
+       testing::LoopbackAddress(*b_), "--id", "copy", "--keep-source"});
   ASSERT_EQ(copy.exit_code, 0) << copy.err;
   EXPECT_THAT(copy.out, HasSubstr("copied orig from"));
   EXPECT_THAT(copy.out, HasSubstr(" as copy:"));
@@ -178,8 +171,9 @@ TEST_F(MigrateCliTest, RenameAndKeepSource) {
                            Outputs(client_b_.get(), "copy", 3, false)));
 
   // A rename on one server is allowed (the ids differ).
-  ProcessResult rename = Migrate({"--session", "orig", "--from", Address(*a_),
-                                  "--to", Address(*a_), "--id", "renamed"});
+  ProcessResult rename =
+      Migrate({"--session", "orig", "--from", testing::LoopbackAddress(*a_),
+               "--to", testing::LoopbackAddress(*a_), "--id", "renamed"});
   ASSERT_EQ(rename.exit_code, 0) << rename.err;
   EXPECT_TRUE(absl::IsNotFound(client_a_->GetSession("orig").status()));
   EXPECT_TRUE(client_a_->GetSession("renamed").ok());
@@ -200,7 +194,8 @@ TEST_F(MigrateCliTest, FailedImportLeavesSourceIntact) {
   ProcessResult r = MigrateAtoB("taken");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("error: ALREADY_EXISTS: importing taken into"));
-  EXPECT_THAT(r.err, HasSubstr("the session is unchanged on " + Address(*a_)));
+  EXPECT_THAT(r.err, HasSubstr("the session is unchanged on " +
+                               testing::LoopbackAddress(*a_)));
 
   auto on_a = client_a_->GetSession("taken");
   ASSERT_TRUE(on_a.ok()) << on_a.status();
@@ -215,8 +210,9 @@ TEST_F(MigrateCliTest, FailedImportLeavesSourceIntact) {
 TEST_F(MigrateCliTest, UnreachableDestinationLeavesSourceIntact) {
   MakeSession(client_a_.get(), "stay", "exact", 1);
   // Port 1 on loopback: connection refused, UNAVAILABLE at once.
-  ProcessResult r = Migrate({"--session", "stay", "--from", Address(*a_),
-                             "--to", "127.0.0.1:1", "--timeout", "10s"});
+  ProcessResult r =
+      Migrate({"--session", "stay", "--from", testing::LoopbackAddress(*a_),
+               "--to", "127.0.0.1:1", "--timeout", "10s"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("error: UNAVAILABLE: importing stay into"));
   EXPECT_TRUE(client_a_->GetSession("stay").ok());
@@ -230,12 +226,14 @@ TEST_F(MigrateCliTest, UnknownSessionAndUsageErrors) {
   ASSERT_TRUE(listed.ok());
   EXPECT_TRUE(listed->empty());
 
-  ProcessResult no_to = Migrate({"--session", "x", "--from", Address(*a_)});
+  ProcessResult no_to =
+      Migrate({"--session", "x", "--from", testing::LoopbackAddress(*a_)});
   EXPECT_EQ(no_to.exit_code, 2);
   EXPECT_THAT(no_to.err, HasSubstr("missing required option --to"));
 
   ProcessResult same =
-      Migrate({"--session", "x", "--from", Address(*a_), "--to", Address(*a_)});
+      Migrate({"--session", "x", "--from", testing::LoopbackAddress(*a_),
+               "--to", testing::LoopbackAddress(*a_)});
   EXPECT_EQ(same.exit_code, 2);
   EXPECT_THAT(same.err, HasSubstr("--from and --to are both"));
 
