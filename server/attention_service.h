@@ -117,6 +117,13 @@ class AttentionService final : public v1::Attention::CallbackService {
                          diagnostics = nullptr,
                      uint64_t* pending_seq = nullptr) const;
 
+  // The session a request names: its session_id, else the call's
+  // x-session-id metadata (one of them is required), within the tenant.
+  // InvalidArgument without either; NotFound as SessionManager::Find.
+  absl::StatusOr<std::shared_ptr<Session>> FindRequestSession(
+      const grpc::CallbackServerContext& ctx, absl::string_view request_id,
+      const std::string& tenant) const;
+
   // Records the RPC in metrics: duration since start, error by code.
   void RecordRpc(absl::string_view method, const absl::Status& status,
                  absl::Time start) const;

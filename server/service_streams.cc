@@ -199,11 +199,8 @@ class ExportReactor final : public grpc::ServerWriteReactor<v1::SnapshotChunk> {
     absl::Status s = CallGuarded([this]() -> absl::Status {
       KVSKETCH_RETURN_IF_ERROR(CheckCallAlive(ctx_));
       KVSKETCH_ASSIGN_OR_RETURN(
-          std::string id,
-          ResolveSessionId(req_->session_id(), MetadataSessionId(*ctx_),
-                           "session_id", /*required=*/true));
-      KVSKETCH_ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
-                                service_->sessions()->Find(id, tenant_));
+          std::shared_ptr<Session> session,
+          service_->FindRequestSession(*ctx_, req_->session_id(), tenant_));
       session->Touch(absl::Now());
       KVSKETCH_ASSIGN_OR_RETURN(blob_,
                                 SessionManager::ExportSnapshot(*session));

@@ -86,6 +86,15 @@ absl::Status AttentionService::RunLayerOp(
   return status;
 }
 
+absl::StatusOr<std::shared_ptr<Session>> AttentionService::FindRequestSession(
+    const grpc::CallbackServerContext& ctx, absl::string_view request_id,
+    const std::string& tenant) const {
+  KVSKETCH_ASSIGN_OR_RETURN(std::string id,
+                            ResolveSessionId(request_id, MetadataSessionId(ctx),
+                                             "session_id", /*required=*/true));
+  return sessions_->Find(id, tenant);
+}
+
 bool AttentionService::TryRunLayerOp(
     Session& session, const LayerOp& op, int64_t* work_budget,
     v1::Tensor* output, int64_t* num_tokens, absl::Status* status,
@@ -174,12 +183,8 @@ grpc::ServerUnaryReactor* AttentionService::GetSession(
   return RunUnary(ctx, "GetSession",
                   [this, ctx, req, resp](const std::string& tenant) {
                     KVSKETCH_ASSIGN_OR_RETURN(
-                        std::string id,
-                        ResolveSessionId(req->session_id(),
-                                         MetadataSessionId(*ctx), "session_id",
-                                         /*required=*/true));
-                    KVSKETCH_ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
-                                              sessions_->Find(id, tenant));
+                        std::shared_ptr<Session> session,
+                        FindRequestSession(*ctx, req->session_id(), tenant));
                     return session->FillInfo(resp->mutable_session());
                   });
 }
@@ -238,12 +243,8 @@ grpc::ServerUnaryReactor* AttentionService::Attend(
   return RunUnary(
       ctx, "Attend", [this, ctx, req, resp](const std::string& tenant) {
         KVSKETCH_ASSIGN_OR_RETURN(
-            std::string id,
-            ResolveSessionId(req->session_id(), MetadataSessionId(*ctx),
-                             "session_id",
-                             /*required=*/true));
-        KVSKETCH_ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
-                                  sessions_->Find(id, tenant));
+            std::shared_ptr<Session> session,
+            FindRequestSession(*ctx, req->session_id(), tenant));
         KVSKETCH_ASSIGN_OR_RETURN(
             LayerOp op,
             DecodeLayerOp(session->config(), "", req->layer(),
@@ -268,12 +269,8 @@ grpc::ServerUnaryReactor* AttentionService::Prefill(
   return RunUnary(
       ctx, "Prefill", [this, ctx, req, resp](const std::string& tenant) {
         KVSKETCH_ASSIGN_OR_RETURN(
-            std::string id,
-            ResolveSessionId(req->session_id(), MetadataSessionId(*ctx),
-                             "session_id",
-                             /*required=*/true));
-        KVSKETCH_ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
-                                  sessions_->Find(id, tenant));
+            std::shared_ptr<Session> session,
+            FindRequestSession(*ctx, req->session_id(), tenant));
         KVSKETCH_ASSIGN_OR_RETURN(
             LayerOp op,
             DecodeLayerOp(session->config(), "", req->layer(),
