@@ -54,22 +54,10 @@ fi
 
 # --- PyTorch and OpenBLAS (Debian packages) ---------------------------------
 PACKAGES=(python3-torch libopenblas0-pthread)
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
-    missing+=("$p")
-done
-if ((${#missing[@]})); then
-  if ((INSTALL)) && [[ $(id -u) -eq 0 ]]; then
-    echo "bench-prefill.sh: installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-  else
-    echo "bench-prefill.sh: missing ${missing[*]}; install them as root" \
-      "(apt-get install ${missing[*]}) or run this script as root" >&2
-    exit 1
-  fi
-fi
+install_flag=()
+((INSTALL)) || install_flag=(--no-install)
+"$REPO/scripts/apt-ensure.sh" "${install_flag[@]}" --caller bench-prefill.sh \
+  "${PACKAGES[@]}"
 
 # torch loads libblas.so.3; make it OpenBLAS (pthread) for this run only,
 # without changing the system's alternatives when they point elsewhere.

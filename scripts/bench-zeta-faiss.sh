@@ -35,22 +35,10 @@ done
 
 # --- faiss and a BLAS/LAPACK (Debian packages) -------------------------------
 PACKAGES=(libfaiss-dev libblas-dev liblapack-dev)
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
-    missing+=("$p")
-done
-if ((${#missing[@]})); then
-  if ((INSTALL)) && [[ $(id -u) -eq 0 ]]; then
-    echo "bench-zeta-faiss.sh: installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-  else
-    echo "bench-zeta-faiss.sh: missing ${missing[*]}; install them as root" \
-      "(apt-get install ${missing[*]}) or run this script as root" >&2
-    exit 1
-  fi
-fi
+install_flag=()
+((INSTALL)) || install_flag=(--no-install)
+"$REPO/scripts/apt-ensure.sh" "${install_flag[@]}" --caller bench-zeta-faiss.sh \
+  "${PACKAGES[@]}"
 
 # --- build (re-configures, so a build dir made before faiss finds it now) ----
 "$REPO/scripts/build.sh" --dir "$DIR" --jobs "$JOBS" \
