@@ -22,6 +22,30 @@ grpc::Status Delete(v1::Attention::Stub& stub, const std::string& id) {
   return stub.DeleteSession(&ctx, req, &resp);
 }
 
+// The snapshot bytes of session `id` (ExportSession, all chunks).
+grpc::Status ExportBlob(v1::Attention::Stub& stub, const std::string& id,
+                        std::string* blob) {
+  grpc::ClientContext ctx;
+  v1::ExportSessionRequest req;
+  req.set_session_id(id);
+  auto reader = stub.ExportSession(&ctx, req);
+  v1::SnapshotChunk chunk;
+  while (reader->Read(&chunk)) *blob += chunk.data();
+  return reader->Finish();
+}
+
+// ImportSession of `blob` in one message.
+grpc::Status ImportBlob(v1::Attention::Stub& stub, const std::string& blob) {
+  grpc::ClientContext ctx;
+  v1::ImportSessionResponse resp;
+  auto w = stub.ImportSession(&ctx, &resp);
+  v1::ImportSessionRequest req;
+  req.set_data(blob);
+  w->Write(req);
+  w->WritesDone();
+  return w->Finish();
+}
+
 TEST(LimitsTest, MaxSessions) {
   ServerOptions o = TestOptions();
   o.max_sessions = 2;
@@ -231,26 +255,11 @@ TEST(LimitsTest, ImportOverBudgetIsResourceExhausted) {
                            RandomFloats(H * 200 * d, 2))
                   .ok());
   std::string blob;
-  {
-    grpc::ClientContext ctx;
-    v1::ExportSessionRequest req;
-    req.set_session_id("s");
-    auto reader = src.stub->ExportSession(&ctx, req);
-    v1::SnapshotChunk chunk;
-    while (reader->Read(&chunk)) blob += chunk.data();
-    ASSERT_TRUE(reader->Finish().ok());
-  }
+  ASSERT_TRUE(ExportBlob(*src.stub, "s", &blob).ok());
   ServerOptions small = TestOptions();
   small.memory_budget_bytes = 16 << 10;
   TestServer dst = StartServer(small);
-  grpc::ClientContext ctx;
-  v1::ImportSessionResponse resp;
-  auto w = dst.stub->ImportSession(&ctx, &resp);
-  v1::ImportSessionRequest req;
-  req.set_data(blob);
-  w->Write(req);
-  w->WritesDone();
-  grpc::Status s = w->Finish();
+  grpc::Status s = ImportBlob(*dst.stub, blob);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
       << StatusText(s);
   v1::SessionInfo info;
@@ -272,29 +281,11 @@ TEST(LimitsTest, ImportAppliesTheServersTokenLimit) {
                            RandomFloats(H * 200 * d, 2))
                   .ok());
   std::string blob;
-  {
-    grpc::ClientContext ctx;
-    v1::ExportSessionRequest req;
-    req.set_session_id("s");
-    auto reader = src.stub->ExportSession(&ctx, req);
-    v1::SnapshotChunk chunk;
-    while (reader->Read(&chunk)) blob += chunk.data();
-    ASSERT_TRUE(reader->Finish().ok());
-  }
-  auto import = [&](TestServer& t) {
-    grpc::ClientContext ctx;
-    v1::ImportSessionResponse resp;
-    auto w = t.stub->ImportSession(&ctx, &resp);
-    v1::ImportSessionRequest req;
-    req.set_data(blob);
-    w->Write(req);
-    w->WritesDone();
-    return w->Finish();
-  };
+  ASSERT_TRUE(ExportBlob(*src.stub, "s", &blob).ok());
   ServerOptions tight = TestOptions();
   tight.max_tokens_per_session = 100;
   TestServer small = StartServer(tight);
-  grpc::Status s = import(small);
+  grpc::Status s = ImportBlob(*small.stub, blob);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
       << StatusText(s);
   EXPECT_THAT(s.error_message(), HasSubstr("max_tokens_per_session"));
@@ -306,7 +297,7 @@ TEST(LimitsTest, ImportAppliesTheServersTokenLimit) {
   ServerOptions roomy = TestOptions();
   roomy.max_tokens_per_session = 250;
   TestServer fits = StartServer(roomy);
-  s = import(fits);
+  s = ImportBlob(*fits.stub, blob);
   ASSERT_TRUE(s.ok()) << StatusText(s);
   s = AppendTokens(*fits.stub, "s", 0, H, 51, d, d, RandomFloats(H * 51 * d, 3),
                    RandomFloats(H * 51 * d, 4));
